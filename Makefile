@@ -1,0 +1,33 @@
+# kale: the two commands are `make run` and `make test` (see README.md).
+PYTEST ?= /usr/bin/python3 -m pytest
+JOBS ?= $(shell nproc)
+
+.PHONY: all build build-asan deps deps-test run test unit integration clean
+
+all: build
+
+deps:
+	@sh scripts/deps.sh build
+
+deps-test:
+	@sh scripts/deps.sh test
+
+build: deps
+	cmake -S . -B build -DCMAKE_BUILD_TYPE=RelWithDebInfo >/dev/null
+	cmake --build build -j$(JOBS)
+
+build-asan: deps
+	cmake -S . -B build-asan -DCMAKE_BUILD_TYPE=Debug -DKALE_SANITIZE=ON >/dev/null
+	cmake --build build-asan -j$(JOBS)
+
+run: build
+	sh scripts/run.sh
+
+# Every unit and integration test, in the normal and in the ASan+UBSan tree.
+test: deps-test
+	$(MAKE) build build-asan
+	sh scripts/test.sh build
+	sh scripts/test.sh build-asan
+
+clean:
+	rm -rf build build-asan

@@ -1,0 +1,426 @@
+#!/bin/bash
+# bench/accept.sh: SMTP accept and end-to-end throughput of kale against a
+# private Postfix instance, both driven by Postfix's own smtp-source.
+# Not a test (never part of `make test`). Run as root. See docs/performance.md.
+#
+# Usage: bench/accept.sh [quick] [postfix|kale|both]
+#   quick        N=2000 unless N is set (smoke run)
+#   postfix|kale run one half only (default: both)
+# Environment:
+#   N=20000 SIZE=4096 SESSIONS=50   messages, payload bytes, parallel sessions
+#   TIMEOUT=600                     seconds to wait for every message in the Maildir
+#   KALE_BUILD=build                build dir holding kaled and kalectl
+#   BENCH_TMP=/var/tmp              where the temp dirs go (same disk as the system)
+#   KEEP=1                          keep the temp dirs (logs, queues, Maildirs)
+
+# The whole script is one brace group, parsed before it runs, so editing the
+# file while a run is in progress cannot derail that run.
+{
+set -eu
+set -o pipefail
+
+ROOT=$(cd "$(dirname "$0")/.." && pwd)
+QUICK=0
+WHICH=both
+for arg in "$@"; do
+    case "$arg" in
+    quick) QUICK=1 ;;
+    postfix | kale | both) WHICH=$arg ;;
+    -h | --help)
+        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        exit 0
+        ;;
+    *)
+        echo "usage: $0 [quick] [postfix|kale|both]" >&2
+        exit 2
+        ;;
+    esac
+done
+
+if [ "$QUICK" = 1 ]; then
+    N=${N:-2000}
+else
+    N=${N:-20000}
+fi
+SIZE=${SIZE:-4096}
+SESSIONS=${SESSIONS:-50}
+TIMEOUT=${TIMEOUT:-600}
+BUILD="$ROOT/${KALE_BUILD:-build}"
+BENCH_TMP=${BENCH_TMP:-/var/tmp}
+KEEP=${KEEP:-0}
+SMTP_SOURCE=/usr/sbin/smtp-source
+BENCH_UID=$(id -u nobody)
+BENCH_GID=$(id -g nobody)
+
+for v in N SIZE SESSIONS TIMEOUT; do
+    eval "val=\$$v"
+    case "$val" in
+    '' | *[!0-9]*)
+        echo "accept.sh: $v must be a positive integer" >&2
+        exit 2
+        ;;
+    esac
+    if [ "$val" -eq 0 ]; then
+        echo "accept.sh: $v must be a positive integer" >&2
+        exit 2
+    fi
+done
+
+if [ "$(id -u)" != 0 ]; then
+    echo "accept.sh: must run as root (private Postfix instance, kaled run_as)" >&2
+    exit 2
+fi
+
+log() { printf '%s accept.sh: %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+FAILED=0
+die() {
+    log "ERROR: $*"
+    FAILED=1
+    exit 1
+}
+now() { date +%s.%N; }
+
+# ---------------------------------------------------------------- cleanup
+PF_DIR=""
+PF_STARTED=0
+KALE_DIR=""
+KALE_PID=""
+SRC_PID=""
+
+pf_master_pid() {
+    local f="$PF_DIR/spool/pid/master.pid"
+    [ -r "$f" ] && tr -dc '0-9' <"$f"
+}
+
+stop_postfix() {
+    [ "$PF_STARTED" = 1 ] || return 0
+    local pid i
+    pid=$(pf_master_pid || true)
+    postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
+    if [ -n "$pid" ]; then
+        for i in $(seq 1 100); do
+            kill -0 "$pid" 2>/dev/null || break
+            sleep 0.1
+        done
+        if kill -0 "$pid" 2>/dev/null; then
+            log "postfix master $pid did not stop; killing it"
+            kill -KILL "$pid" 2>/dev/null || true
+        fi
+    fi
+    PF_STARTED=0
+}
+
+stop_kale() {
+    [ -n "$KALE_PID" ] || return 0
+    local i
+    kill -TERM "$KALE_PID" 2>/dev/null || true
+    for i in $(seq 1 150); do
+        kill -0 "$KALE_PID" 2>/dev/null || break
+        sleep 0.1
+    done
+    if kill -0 "$KALE_PID" 2>/dev/null; then
+        log "kaled $KALE_PID did not stop within 15 s; killing it"
+        kill -KILL "$KALE_PID" 2>/dev/null || true
+    fi
+    wait "$KALE_PID" 2>/dev/null || true
+    KALE_PID=""
+}
+
+cleanup() {
+    local rc=$?
+    set +e
+    if [ -n "$SRC_PID" ]; then
+        kill -TERM "$SRC_PID" 2>/dev/null
+        wait "$SRC_PID" 2>/dev/null
+    fi
+    stop_postfix
+    stop_kale
+    for d in "$PF_DIR" "$KALE_DIR"; do
+        [ -n "$d" ] && [ -d "$d" ] || continue
+        if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
+            log "kept $d (logs, queue, Maildir)"
+        else
+            rm -rf "$d"
+        fi
+    done
+    exit "$rc"
+}
+trap cleanup EXIT
+trap 'exit 130' INT
+trap 'exit 143' TERM
+
+# ---------------------------------------------------------------- helpers
+free_port() {
+    /usr/bin/python3 -c 'import socket
+s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])'
+}
+
+wait_port() { # port, seconds
+    local end=$(($(date +%s) + $2))
+    while [ "$(date +%s)" -lt "$end" ]; do
+        if (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    return 1
+}
+
+count_files() { # Maildir: files in new/ and cur/
+    local n=0 d c
+    for d in "$1/new" "$1/cur"; do
+        [ -d "$d" ] || continue
+        c=$(ls -AU "$d" 2>/dev/null | wc -l) # unsorted: cheap on 20,000 entries
+        n=$((n + c))
+    done
+    echo "$n"
+}
+
+# run_one NAME PORT MAILDIR: drive smtp-source, wait for the Maildir, set
+# R_ACCEPT_S, R_E2E_S (empty on timeout), R_DELIVERED.
+run_one() {
+    local name=$1 port=$2 maildir=$3 out t0 t1 t2 n deadline rc
+    out="$4"
+    log "$name: smtp-source -s $SESSIONS -m $N -l $SIZE -> 127.0.0.1:$port"
+    t0=$(now)
+    rc=0
+    "$SMTP_SOURCE" -4 -s "$SESSIONS" -m "$N" -l "$SIZE" -M client.test \
+        -f sender@client.test -t user@bench.test "127.0.0.1:$port" \
+        >"$out" 2>&1 &
+    SRC_PID=$!
+    wait "$SRC_PID" || rc=$? # a trapped signal interrupts this wait at once
+    SRC_PID=""
+    t1=$(now)
+    if [ "$rc" != 0 ]; then
+        cat "$out" >&2
+        die "$name: smtp-source failed (exit $rc); see above"
+    fi
+    R_ACCEPT_S=$(awk -v a="$t0" -v b="$t1" 'BEGIN { printf "%.3f", b - a }')
+    log "$name: smtp-source done in ${R_ACCEPT_S}s; waiting for $N messages in $maildir"
+    deadline=$(awk -v a="$t0" -v t="$TIMEOUT" 'BEGIN { printf "%d", a + t }')
+    R_E2E_S=""
+    while :; do
+        n=$(count_files "$maildir")
+        if [ "$n" -ge "$N" ]; then
+            t2=$(now)
+            R_E2E_S=$(awk -v a="$t0" -v b="$t2" 'BEGIN { printf "%.3f", b - a }')
+            break
+        fi
+        if [ "$(date +%s)" -ge "$deadline" ]; then
+            log "$name: TIMEOUT after ${TIMEOUT}s: only $n of $N messages delivered"
+            break
+        fi
+        sleep 0.1
+    done
+    R_DELIVERED=$n
+    if [ -n "$R_E2E_S" ]; then
+        log "$name: all $N messages delivered after ${R_E2E_S}s"
+    fi
+}
+
+rate() { # count seconds
+    if [ -z "$2" ]; then
+        echo "TIMEOUT"
+    else
+        awk -v n="$1" -v s="$2" 'BEGIN { printf "%.1f", n / s }'
+    fi
+}
+
+# ---------------------------------------------------------------- setup
+ensure_postfix() {
+    if [ -x "$SMTP_SOURCE" ] && command -v postfix >/dev/null; then
+        return 0
+    fi
+    log "installing postfix (for smtp-source and the reference instance)"
+    local was_running=0
+    if [ -f /etc/postfix/main.cf ] && postfix status >/dev/null 2>&1; then
+        was_running=1
+    fi
+    echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+    DEBIAN_FRONTEND=noninteractive apt-get install -y postfix >/dev/null
+    # stop the default instance only if the install itself started it
+    if [ "$was_running" = 0 ] && [ -f /etc/postfix/main.cf ] &&
+        postfix status >/dev/null 2>&1; then
+        log "stopping the default postfix instance started by the install"
+        postfix stop >/dev/null 2>&1 || true
+    fi
+    [ -x "$SMTP_SOURCE" ] || die "$SMTP_SOURCE missing after installing postfix"
+}
+
+# ---------------------------------------------------------------- postfix
+bench_postfix() {
+    local port etc master_dist
+    port=$(free_port)
+    PF_DIR=$(mktemp -d "$BENCH_TMP/kale-bench-postfix.XXXXXX")
+    chmod 755 "$PF_DIR"
+    etc="$PF_DIR/etc"
+    mkdir -p "$etc" "$PF_DIR/spool" "$PF_DIR/data" "$PF_DIR/mail/bench.test"
+    chown postfix "$PF_DIR/data"
+    chown "$BENCH_UID:$BENCH_GID" "$PF_DIR/mail" "$PF_DIR/mail/bench.test"
+
+    # Everything not set here is Postfix's default, including its durability
+    # (queue files are fsync'd before "250 Ok: queued") and in_flow_delay.
+    cat >"$etc/main.cf" <<EOF
+compatibility_level = 3.6
+queue_directory = $PF_DIR/spool
+data_directory = $PF_DIR/data
+mail_owner = postfix
+setgid_group = postdrop
+syslog_name = postfix-kalebench
+maillog_file_prefixes = /var, /dev/stdout, $PF_DIR
+maillog_file = $PF_DIR/maillog
+myhostname = mx.bench.test
+mydomain = bench.test
+myorigin = bench.test
+mydestination =
+inet_interfaces = 127.0.0.1
+inet_protocols = ipv4
+mynetworks = 127.0.0.0/8
+smtpd_relay_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_recipient_restrictions = permit_mynetworks, reject_unauth_destination
+smtpd_peername_lookup = no
+disable_dns_lookups = yes
+smtp_host_lookup = native
+alias_maps =
+alias_database =
+local_recipient_maps =
+biff = no
+default_process_limit = 100
+virtual_mailbox_domains = bench.test
+virtual_mailbox_base = $PF_DIR/mail
+virtual_mailbox_maps = texthash:$etc/vmailbox
+virtual_uid_maps = static:$BENCH_UID
+virtual_gid_maps = static:$BENCH_GID
+EOF
+    echo "user@bench.test bench.test/user/" >"$etc/vmailbox"
+
+    # master.cf: Debian's stock services, none chrooted, without the 25/tcp
+    # listener, plus smtpd on the loopback high port.
+    master_dist=/usr/share/postfix/master.cf.dist
+    [ -r "$master_dist" ] || master_dist=/etc/postfix/master.cf.proto
+    {
+        echo "127.0.0.1:$port inet n - n - - smtpd"
+        awk '
+            /^#/ || /^[ \t]*$/ { next }
+            /^[ \t]/ { if (keep) print; next }
+            {
+                keep = 0
+                if ($1 == "smtp" && $2 == "inet") next
+                if ($1 ~ /^(pickup|cleanup|qmgr|rewrite|bounce|defer|trace|verify|flush|proxymap|proxywrite|smtp|relay|showq|error|retry|discard|local|virtual|anvil|scache|postlog)$/) {
+                    keep = 1
+                    $5 = "n"
+                    print
+                }
+            }' "$master_dist"
+    } >"$etc/master.cf"
+
+    postfix -c "$etc" set-permissions >/dev/null 2>&1 || true
+    postfix -c "$etc" check || die "postfix check failed for $etc"
+    log "postfix: starting private instance in $PF_DIR on 127.0.0.1:$port"
+    postfix -c "$etc" start >/dev/null 2>&1 || {
+        cat "$PF_DIR/maillog" >&2 2>/dev/null || true
+        die "postfix start failed"
+    }
+    PF_STARTED=1
+    wait_port "$port" 20 || die "postfix smtpd did not listen on $port"
+
+    run_one postfix "$port" "$PF_DIR/mail/bench.test/user" "$PF_DIR/smtp-source.out"
+    PF_ACCEPT=$R_ACCEPT_S
+    PF_E2E=$R_E2E_S
+    PF_DELIVERED=$R_DELIVERED
+    stop_postfix
+    if grep -E -q 'fatal|panic' "$PF_DIR/maillog" 2>/dev/null; then
+        log "postfix: the maillog has fatal/panic lines:"
+        grep -E 'fatal|panic' "$PF_DIR/maillog" | head -5 >&2
+    fi
+}
+
+# ---------------------------------------------------------------- kale
+bench_kale() {
+    local port conf
+    [ -x "$BUILD/kaled" ] && [ -x "$BUILD/kalectl" ] ||
+        die "$BUILD/kaled or kalectl missing: build kale first (make)"
+    port=$(free_port)
+    KALE_DIR=$(mktemp -d "$BENCH_TMP/kale-bench-kale.XXXXXX")
+    chmod 755 "$KALE_DIR"
+    conf="$KALE_DIR/kale.conf"
+    cat >"$conf" <<EOF
+[server]
+hostname = mx.bench.test
+data_dir = var
+run_as = nobody
+
+[listen]
+smtp = 127.0.0.1:$port
+submission =
+submissions =
+pop3 =
+pop3s =
+imap =
+imaps =
+admin =
+
+[limits]
+max_connections_per_ip = 200
+command_timeout = 60
+EOF
+    "$BUILD/kalectl" -c "$conf" domain add bench.test --local >/dev/null ||
+        die "kalectl domain add failed"
+    "$BUILD/kalectl" -c "$conf" user add user@bench.test >/dev/null </dev/null ||
+        die "kalectl user add failed"
+    log "kale: starting kaled in $KALE_DIR on 127.0.0.1:$port"
+    "$BUILD/kaled" -c "$conf" >"$KALE_DIR/kaled.log" 2>&1 &
+    KALE_PID=$!
+    if ! wait_port "$port" 20; then
+        tail -20 "$KALE_DIR/kaled.log" >&2 || true
+        die "kaled did not listen on $port"
+    fi
+
+    run_one kale "$port" "$KALE_DIR/var/mail/bench.test/user" "$KALE_DIR/smtp-source.out"
+    KALE_ACCEPT=$R_ACCEPT_S
+    KALE_E2E=$R_E2E_S
+    KALE_DELIVERED=$R_DELIVERED
+    stop_kale
+}
+
+# ---------------------------------------------------------------- main
+ensure_postfix
+PF_ACCEPT="" PF_E2E="" PF_DELIVERED=""
+KALE_ACCEPT="" KALE_E2E="" KALE_DELIVERED=""
+
+loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
+LOAD_START=$(loadavg)
+log "N=$N SIZE=$SIZE SESSIONS=$SESSIONS TIMEOUT=${TIMEOUT}s nproc=$(nproc) tmp=$BENCH_TMP load=$LOAD_START"
+if [ "$WHICH" != kale ]; then bench_postfix; fi
+if [ "$WHICH" != postfix ]; then bench_kale; fi
+
+echo
+printf 'accept.sh: %d messages x %d bytes, 1 recipient, %d sessions, new connection per message\n' \
+    "$N" "$SIZE" "$SESSIONS"
+printf 'machine: nproc %s, load average %s at start, %s at end (other work skews the figures)\n' \
+    "$(nproc)" "$LOAD_START" "$(loadavg)"
+printf '%-8s %10s %12s %10s %12s %10s\n' server accept_s accept_msg/s e2e_s e2e_msg/s delivered
+if [ "$WHICH" != kale ]; then
+    printf '%-8s %10s %12s %10s %12s %10s\n' postfix "$PF_ACCEPT" "$(rate "$N" "$PF_ACCEPT")" \
+        "${PF_E2E:-TIMEOUT}" "$(rate "$N" "$PF_E2E")" "$PF_DELIVERED/$N"
+fi
+if [ "$WHICH" != postfix ]; then
+    printf '%-8s %10s %12s %10s %12s %10s\n' kale "$KALE_ACCEPT" "$(rate "$N" "$KALE_ACCEPT")" \
+        "${KALE_E2E:-TIMEOUT}" "$(rate "$N" "$KALE_E2E")" "$KALE_DELIVERED/$N"
+fi
+if [ "$WHICH" = both ]; then
+    ratio() { # postfix seconds / kale seconds = kale rate / postfix rate
+        if [ -z "$1" ] || [ -z "$2" ]; then
+            echo "n/a (timeout)"
+        else
+            awk -v p="$1" -v k="$2" 'BEGIN { printf "%.2fx", p / k }'
+        fi
+    }
+    printf 'ratio kale/postfix: accept %s, end-to-end %s (target >= 5x on both)\n' \
+        "$(ratio "$PF_ACCEPT" "$KALE_ACCEPT")" "$(ratio "$PF_E2E" "$KALE_E2E")"
+fi
+status=0
+if [ "$WHICH" != kale ] && [ -z "$PF_E2E" ]; then status=1; fi
+if [ "$WHICH" != postfix ] && [ -z "$KALE_E2E" ]; then status=1; fi
+exit "$status"
+}

@@ -1,0 +1,27 @@
+#!/bin/sh
+# Installs the Debian 12 packages kale needs to build ("build") or to build and
+# test ("test"). Only missing packages are installed; needs root for that.
+set -e
+BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev libcrypt-dev libjansson-dev libcmocka-dev openssl"
+TEST="python3 python3-pytest postfix swaks valgrind"
+want="$BUILD"
+[ "${1:-build}" = test ] && want="$BUILD $TEST"
+missing=""
+for p in $want; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"
+done
+[ -z "$missing" ] && exit 0
+echo "deps: installing$missing"
+if [ "$(id -u)" != 0 ]; then
+  echo "deps: not root, cannot install:$missing" >&2; exit 1
+fi
+export DEBIAN_FRONTEND=noninteractive
+# postfix asks debconf questions; answer them so the install never blocks.
+echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+apt-get update -qq
+apt-get install -y -qq --no-install-recommends $missing >/dev/null
+# Debian starts the packaged postfix service on install; kale's tests run their own
+# private instance, so the system one is stopped if it came up.
+if echo "$missing" | grep -q postfix; then
+  postfix stop >/dev/null 2>&1 || true
+fi

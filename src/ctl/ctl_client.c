@@ -1,0 +1,127 @@
+/* ctl_client: connects to kaled's control socket, sends one command line and
+ * reads the whole reply (bounded in size and time). Runs in kalectl and in
+ * other command-line tools; never in the daemon. */
+#include "ctl/ctl_client.h"
+
+#include <errno.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <sys/socket.h>
+#include <sys/time.h>
+#include <sys/un.h>
+
+#include "lib/util.h"
+
+static void ctl_set(char **dst, const char *s, size_t len)
+{
+	if (dst != NULL)
+		*dst = xstrndup(s, len);
+}
+
+static int ctl_write_all(int fd, const char *p, size_t n)
+{
+	while (n > 0) {
+		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
+		if (w < 0 && errno == EINTR)
+			continue;
+		if (w <= 0)
+			return -1;
+		p += w;
+		n -= (size_t)w;
+	}
+	return 0;
+}
+
+int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **error_r)
+{
+	struct sockaddr_un sun;
+	struct timeval tv = { .tv_sec = CTL_TIMEOUT_SEC };
+	char *buf = NULL, *line;
+	size_t len = 0, cap = 4096, cmdlen = strlen(cmd);
+	int fd = -1, rc = -2;
+
+	if (reply_r != NULL)
+		*reply_r = NULL;
+	if (error_r != NULL)
+		*error_r = NULL;
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (strlen(sock_path) >= sizeof(sun.sun_path)) {
+		ctl_set(error_r, "socket path too long", 20);
+		return -1;
+	}
+	if (cmdlen == 0 || memchr(cmd, '\n', cmdlen) != NULL || memchr(cmd, '\r', cmdlen) != NULL) {
+		ctl_set(error_r, "bad command", 11);
+		return -2;
+	}
+	memcpy(sun.sun_path, sock_path, strlen(sock_path) + 1);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0) {
+		ctl_set(error_r, strerror(errno), strlen(strerror(errno)));
+		return -1;
+	}
+	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
+	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		const char *e = strerror(errno);
+		ctl_set(error_r, e, strlen(e));
+		rc = -1;
+		goto out;
+	}
+	if (ctl_write_all(fd, cmd, cmdlen) < 0 || ctl_write_all(fd, "\n", 1) < 0) {
+		ctl_set(error_r, "write to control socket failed", 30);
+		goto out;
+	}
+	shutdown(fd, SHUT_WR);
+	buf = xmalloc(cap + 1);
+	for (;;) {
+		ssize_t n;
+		if (len == cap) {
+			if (cap >= CTL_REPLY_MAX) {
+				ctl_set(error_r, "reply too long", 14);
+				goto out;
+			}
+			cap *= 2;
+			buf = xrealloc(buf, cap + 1);
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			const char *e = errno == EAGAIN || errno == EWOULDBLOCK ?
+			    "daemon did not answer in time" : strerror(errno);
+			ctl_set(error_r, e, strlen(e));
+			goto out;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	buf[len] = '\0';
+	if (memchr(buf, '\0', len) != NULL) {
+		ctl_set(error_r, "malformed reply", 15);
+		goto out;
+	}
+	line = strchr(buf, '\n');
+	{
+		size_t l1 = line ? (size_t)(line - buf) : len;
+		const char *rest = line ? line + 1 : buf + len;
+		if (l1 > 0 && buf[l1 - 1] == '\r')
+			l1--;
+		if (l1 == 2 && memcmp(buf, "ok", 2) == 0) {
+			ctl_set(reply_r, rest, strlen(rest));
+			rc = 0;
+		} else if (l1 >= 5 && memcmp(buf, "error", 5) == 0 && (l1 == 5 || buf[5] == ' ')) {
+			ctl_set(error_r, l1 > 6 ? buf + 6 : "error", l1 > 6 ? l1 - 6 : 5);
+			ctl_set(reply_r, rest, strlen(rest));
+		} else {
+			ctl_set(error_r, "malformed reply", 15);
+		}
+	}
+out:
+	free(buf);
+	if (fd >= 0)
+		close(fd);
+	return rc;
+}

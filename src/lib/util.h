@@ -1,0 +1,40 @@
+/* util: small helpers with no mail knowledge: checked allocation, number
+ * parsing, file-system durability helpers, privilege drop. */
+#ifndef KALE_UTIL_H
+#define KALE_UTIL_H
+
+#include <stddef.h>
+#include <stdint.h>
+#include <sys/types.h>
+
+void *xmalloc(size_t n);
+void *xcalloc(size_t n, size_t m);
+void *xrealloc(void *p, size_t n);
+char *xstrdup(const char *s);
+char *xstrndup(const char *s, size_t n);
+/* Frees *p and sets it to NULL; accepts NULL. */
+void xfree(void *pp);
+
+/* Parses a whole decimal string into [min,max]; 0 on success, -1 otherwise. */
+int util_strtonum(const char *s, long long min, long long max, long long *out);
+/* snprintf that reports truncation: 0 ok, -1 truncated. */
+int util_fmt(char *buf, size_t cap, const char *fmt, ...) __attribute__((format(printf, 3, 4)));
+void util_lower(char *s);
+
+/* fsync a directory by path, or a directory fd; 0 or -1 with errno. */
+int fs_fsync_dir(const char *path);
+/* mkdir -p with mode; existing directories are fine. */
+int fs_mkdirs(const char *path, mode_t mode);
+/* Reads a whole small file (up to max bytes) into a NUL-terminated buffer. */
+char *fs_read_file(const char *path, size_t max, size_t *len_r);
+
+/* Looks up a user for privilege dropping; 0 on success. */
+int util_user_ids(const char *name, uid_t *uid_r, gid_t *gid_r);
+/* setgroups/setgid/setuid to the user; 0 on success, -1 with error text. */
+int util_drop_privs(uid_t uid, gid_t gid, const char **error_r);
+
+/* Monotonic clock in milliseconds / microseconds. */
+uint64_t util_now_ms(void);
+uint64_t util_now_us(void);
+
+#endif

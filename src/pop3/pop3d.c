@@ -1,0 +1,970 @@
+/* pop3d: the POP3 server (RFC 1939, 2449, 2595) over local users' Maildirs:
+ * STLS and implicit TLS (pop3s), USER/PASS against the policy store.
+ * Runs as its own process, forked by the master, as run_as in data_dir. */
+#include <errno.h>
+#include <limits.h>
+#include <signal.h>
+#include <stdarg.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/queue.h>
+#include <sys/socket.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "conf/conf.h"
+#include "deliver/deliver.h"
+#include "lib/log.h"
+#include "lib/util.h"
+#include "master/kaled.h"
+#include "pop3/pop3_mbox.h"
+#include "pop3/pop3_parse.h"
+#include "store/store.h"
+
+#define POP3D_MAX_ERRORS     10      /* -ERR replies before we hang up */
+#define POP3D_MAX_BAD_LOGINS 3       /* failed PASS before we hang up */
+#define POP3D_FAIL_DELAY_MS  1000    /* a failed login is answered this late */
+#define POP3D_IN_HIGH        8192    /* stop reading past this much unparsed input */
+#define POP3D_OUT_HIGH       65536   /* stop producing past this much queued output */
+#define POP3D_OUT_LOW        16384   /* resume producing below this */
+#define POP3D_CHUNK          16384   /* bytes read from a message at a time */
+#define POP3D_STOP_GRACE_S   5       /* after SIGTERM, sessions get this long to flush */
+
+enum pop3d_state {
+	POP3D_ST_AUTH  = 1 << 0,       /* AUTHORIZATION */
+	POP3D_ST_TRANS = 1 << 1,       /* TRANSACTION */
+	POP3D_ST_CLOSING = 1 << 2      /* flushing the last reply, then free */
+};
+
+struct pop3d;
+
+struct pop3d_session {
+	TAILQ_ENTRY(pop3d_session) link;
+	struct pop3d *srv;
+	struct bufferevent *bev;
+	char ip[INET6_ADDRSTRLEN];
+	const char *listener;          /* name of the listener it came in on */
+	int tls;                       /* TLS is up (pop3s, or after STLS) */
+	int tls_pending;               /* STLS answered; switch once flushed */
+	enum pop3d_state state;
+	char user[POP3_ARG_MAX + 1];   /* from USER, "" if none */
+	char login[POP3_ARG_MAX + 1];  /* authenticated user */
+	struct pop3_mbox *mb;
+	int errors, bad_logins;
+	int skipping;                  /* discarding the rest of an overlong line */
+	int busy;                      /* a failed-login delay runs */
+	struct event *delay;
+	int xfer_fd;                   /* message being sent by RETR/TOP, or -1 */
+	struct pop3_xfer xfer;
+	uint32_t retrieved;
+};
+
+TAILQ_HEAD(pop3d_sessions, pop3d_session);
+
+struct pop3d_listener {
+	struct pop3d *srv;
+	const struct kale_listener *kl;
+	struct evconnlistener *l;
+};
+
+struct pop3d {
+	struct kale_ctx *ctx;
+	const struct kale_config *cfg;
+	struct event_base *base;
+	store *st;
+	int log_dirty;
+	struct pop3d_listener *lis;
+	int n_lis;
+	struct event *ev_term, *ev_int, *ev_flush, *ev_stop;
+	struct pop3d_sessions sessions;
+	int n_sessions;
+	int stopping;
+};
+
+struct pop3d_cmd_def {
+	enum pop3_verb verb;
+	int states;                    /* mask of enum pop3d_state */
+	void (*run)(struct pop3d_session *s, struct pop3_cmd *cmd);
+};
+
+static void pop3d_process(struct pop3d_session *s);
+static void pop3d_after(struct pop3d_session *s);
+static void pop3d_on_read(struct bufferevent *bev, void *arg);
+static void pop3d_on_write(struct bufferevent *bev, void *arg);
+static void pop3d_on_event(struct bufferevent *bev, short what, void *arg);
+
+/* ---- replies ---- */
+
+static void pop3d_printf(struct pop3d_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void pop3d_printf(struct pop3d_session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+
+	va_start(ap, fmt);
+	(void)evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	(void)evbuffer_add(out, "\r\n", 2);
+}
+
+/* Stops reading and frees the session once the output is flushed. */
+static void pop3d_close(struct pop3d_session *s)
+{
+	if (s->state == POP3D_ST_CLOSING)
+		return;
+	s->state = POP3D_ST_CLOSING;
+	if (s->xfer_fd >= 0) {
+		close(s->xfer_fd);
+		s->xfer_fd = -1;
+	}
+	if (s->delay != NULL)
+		event_del(s->delay);
+	s->busy = 0;
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+}
+
+static void pop3d_err(struct pop3d_session *s, const char *text)
+{
+	pop3d_printf(s, "-ERR %s", text);
+	if (++s->errors >= POP3D_MAX_ERRORS) {
+		pop3d_printf(s, "-ERR too many errors, closing connection");
+		log_event(LOG_LVL_WARN, "pop3.too_many_errors", "client", s->ip,
+		    "user", s->login[0] ? s->login : NULL, NULL);
+		pop3d_close(s);
+	}
+}
+
+/* ---- mail log ---- */
+
+static void pop3d_maillog(struct pop3d_session *s, const char *user, const char *action,
+    const char *reason)
+{
+	struct store_log_row row;
+
+	memset(&row, 0, sizeof(row));
+	row.client = s->ip;
+	row.rcpt = user;
+	row.action = action;
+	row.reason = reason;
+	row.relay = s->tls ? "pop3/tls" : "pop3";
+	store_log_add(s->srv->st, &row);
+	s->srv->log_dirty = 1;
+}
+
+/* ---- session lifetime ---- */
+
+static void pop3d_session_free(struct pop3d_session *s)
+{
+	struct pop3d *srv = s->srv;
+
+	if (s->xfer_fd >= 0)
+		close(s->xfer_fd);
+	if (s->delay != NULL)
+		event_free(s->delay);
+	pop3_mbox_free(&s->mb);
+	if (s->bev != NULL)
+		bufferevent_free(s->bev);
+	TAILQ_REMOVE(&srv->sessions, s, link);
+	srv->n_sessions--;
+	explicit_bzero(s, sizeof(*s));
+	free(s);
+	if (srv->stopping && srv->n_sessions == 0)
+		event_base_loopexit(srv->base, NULL);
+}
+
+static void pop3d_bev_setup(struct pop3d_session *s)
+{
+	struct timeval tv;
+	int t = s->srv->cfg->command_timeout > 0 ? s->srv->cfg->command_timeout : 300;
+
+	tv.tv_sec = t;
+	tv.tv_usec = 0;
+	bufferevent_setcb(s->bev, pop3d_on_read, pop3d_on_write, pop3d_on_event, s);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, POP3D_IN_HIGH);
+	bufferevent_setwatermark(s->bev, EV_WRITE, POP3D_OUT_LOW, 0);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+/* Makes a TLS bufferevent on fd (which it then owns). NULL on failure
+ * (fd closed). */
+static struct bufferevent *pop3d_tls_bev(struct pop3d *srv, int fd)
+{
+	struct bufferevent *bev;
+	SSL *ssl = SSL_new(srv->ctx->tls);
+
+	if (ssl == NULL) {
+		close(fd);
+		return NULL;
+	}
+	bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (bev == NULL) {
+		SSL_free(ssl);
+		close(fd);
+		return NULL;
+	}
+	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
+	return bev;
+}
+
+/* STLS was answered and flushed: start TLS on the same socket. Whatever the
+ * client sent behind STLS in plaintext is thrown away with the old
+ * bufferevent (CVE-2011-0411); later bytes must be a TLS handshake. */
+static int pop3d_start_tls(struct pop3d_session *s)
+{
+	int fd = dup(bufferevent_getfd(s->bev));
+
+	bufferevent_free(s->bev);
+	s->bev = NULL;
+	if (fd < 0)
+		return -1;
+	s->bev = pop3d_tls_bev(s->srv, fd);
+	if (s->bev == NULL)
+		return -1;
+	s->tls = 1;
+	s->tls_pending = 0;
+	s->user[0] = '\0';
+	pop3d_bev_setup(s);
+	return 0;
+}
+
+/* ---- message transfer (RETR, TOP) ---- */
+
+/* Queues message data until the output is full or the message ends. */
+static void pop3d_pump(struct pop3d_session *s)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	char in[POP3D_CHUNK], conv[2 * POP3D_CHUNK + 8];
+
+	while (s->xfer_fd >= 0 && evbuffer_get_length(out) < POP3D_OUT_HIGH) {
+		ssize_t r = read(s->xfer_fd, in, sizeof(in));
+		size_t n;
+
+		if (r < 0 && errno == EINTR)
+			continue;
+		if (r < 0) {
+			/* Mid-reply: nothing sensible can follow. */
+			log_event(LOG_LVL_ERROR, "pop3.read_failed", "user", s->login,
+			    "client", s->ip, "error", strerror(errno), NULL);
+			pop3d_close(s);
+			return;
+		}
+		n = pop3_xfer_feed(&s->xfer, in, (size_t)r, conv);
+		if (r == 0 || s->xfer.done)
+			n += pop3_xfer_finish(&s->xfer, conv + n);
+		(void)evbuffer_add(out, conv, n);
+		if (r == 0 || s->xfer.done) {
+			close(s->xfer_fd);
+			s->xfer_fd = -1;
+		}
+	}
+}
+
+/* ---- commands ---- */
+
+static int pop3d_plaintext_refused(struct pop3d_session *s)
+{
+	if (s->tls || s->srv->cfg->mailbox_plaintext_auth)
+		return 0;
+	pop3d_err(s, "[AUTH] Plaintext authentication disallowed on non-secure connections; use STLS");
+	return 1;
+}
+
+static void pop3d_cmd_capa(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	(void)cmd;
+	pop3d_printf(s, "+OK Capability list follows");
+	pop3d_printf(s, "TOP");
+	pop3d_printf(s, "UIDL");
+	pop3d_printf(s, "RESP-CODES");
+	pop3d_printf(s, "AUTH-RESP-CODE");
+	pop3d_printf(s, "PIPELINING");
+	if (s->state == POP3D_ST_AUTH) {
+		if (s->tls || s->srv->cfg->mailbox_plaintext_auth)
+			pop3d_printf(s, "USER");
+		if (!s->tls && s->srv->ctx->tls != NULL)
+			pop3d_printf(s, "STLS");
+	}
+	pop3d_printf(s, "IMPLEMENTATION kale");
+	pop3d_printf(s, ".");
+}
+
+static void pop3d_cmd_stls(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	(void)cmd;
+	if (s->tls) {
+		pop3d_err(s, "TLS already active");
+		return;
+	}
+	if (s->srv->ctx->tls == NULL) {
+		pop3d_err(s, "TLS not available");
+		return;
+	}
+	pop3d_printf(s, "+OK Begin TLS negotiation");
+	s->tls_pending = 1;
+	bufferevent_disable(s->bev, EV_READ);
+	evbuffer_drain(bufferevent_get_input(s->bev),
+	    evbuffer_get_length(bufferevent_get_input(s->bev)));
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+}
+
+static void pop3d_cmd_user(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	if (pop3d_plaintext_refused(s))
+		return;
+	if (strchr(cmd->arg, '@') == NULL) {
+		pop3d_err(s, "[AUTH] log in with your full address");
+		return;
+	}
+	memcpy(s->user, cmd->arg, sizeof(s->user));
+	pop3d_printf(s, "+OK");
+}
+
+static void pop3d_delay_done(evutil_socket_t fd, short what, void *arg)
+{
+	struct pop3d_session *s = arg;
+
+	(void)fd;
+	(void)what;
+	s->busy = 0;
+	pop3d_printf(s, "-ERR [AUTH] Authentication failed");
+	if (s->bad_logins >= POP3D_MAX_BAD_LOGINS) {
+		pop3d_printf(s, "-ERR too many failed logins, closing connection");
+		pop3d_close(s);
+	} else {
+		pop3d_process(s);
+	}
+	pop3d_after(s);
+}
+
+static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	char path[PATH_MAX];
+	const char *err = NULL;
+	uint32_t count;
+	uint64_t size;
+	int rc;
+
+	if (pop3d_plaintext_refused(s))
+		return;
+	if (s->user[0] == '\0') {
+		pop3d_err(s, "USER first");
+		return;
+	}
+	rc = store_user_check_password(s->srv->st, s->user, cmd->arg);fprintf(stderr,"DBG [%s] [%s] %d\n", s->user, cmd->arg, rc);
+	explicit_bzero(cmd->arg, sizeof(cmd->arg));
+	if (rc < 0) {
+		log_event(LOG_LVL_ERROR, "pop3.auth_error", "user", s->user, "client", s->ip, NULL);
+		pop3d_err(s, "[SYS/TEMP] authentication temporarily unavailable");
+		return;
+	}
+	if (rc == 0) {
+		s->bad_logins++;
+		log_event(LOG_LVL_WARN, "pop3.login_failed", "user", s->user, "client", s->ip,
+		    "tls", s->tls ? "yes" : "no", NULL);
+		pop3d_maillog(s, s->user, "login-failed", "authentication failed");
+		s->user[0] = '\0';
+		s->busy = 1;
+		if (s->delay == NULL)
+			s->delay = evtimer_new(s->srv->base, pop3d_delay_done, s);
+		if (s->delay != NULL) {
+			struct timeval tv = { POP3D_FAIL_DELAY_MS / 1000,
+				(POP3D_FAIL_DELAY_MS % 1000) * 1000 };
+			evtimer_add(s->delay, &tv);
+		} else {
+			pop3d_delay_done(-1, 0, s);
+		}
+		return;
+	}
+	if (deliver_mailbox_path("mail", s->user, path, sizeof(path)) < 0 ||
+	    pop3_mbox_open(path, &s->mb, &err) < 0) {
+		log_event(LOG_LVL_ERROR, "pop3.mailbox_error", "user", s->user, "client", s->ip,
+		    "error", err != NULL ? err : "bad mailbox path", NULL);
+		pop3d_err(s, "[SYS/TEMP] cannot open mailbox");
+		return;
+	}
+	memcpy(s->login, s->user, sizeof(s->login));
+	s->state = POP3D_ST_TRANS;
+	pop3_mbox_stat(s->mb, &count, &size);
+	log_event(LOG_LVL_INFO, "pop3.login", "user", s->login, "client", s->ip,
+	    "tls", s->tls ? "yes" : "no", NULL);
+	pop3d_maillog(s, s->login, "login", NULL);
+	pop3d_printf(s, "+OK Logged in, %u messages (%llu octets)", count,
+	    (unsigned long long)size);
+}
+
+static void pop3d_cmd_stat(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	uint32_t count;
+	uint64_t size;
+
+	(void)cmd;
+	pop3_mbox_stat(s->mb, &count, &size);
+	pop3d_printf(s, "+OK %u %llu", count, (unsigned long long)size);
+}
+
+/* Checks a message number; returns the 0-based index or -1 (replied). */
+static int pop3d_msg(struct pop3d_session *s, uint32_t msg)
+{
+	if (msg == 0 || msg > s->mb->n) {
+		pop3d_err(s, "no such message");
+		return -1;
+	}
+	if (s->mb->msgs[msg - 1].deleted) {
+		pop3d_err(s, "message is deleted");
+		return -1;
+	}
+	return (int)(msg - 1);
+}
+
+static void pop3d_list_common(struct pop3d_session *s, struct pop3_cmd *cmd, int uidl)
+{
+	uint32_t count;
+	uint64_t size;
+	int i;
+
+	if (cmd->has_msg) {
+		if ((i = pop3d_msg(s, cmd->msg)) < 0)
+			return;
+		if (uidl)
+			pop3d_printf(s, "+OK %u %s", cmd->msg, s->mb->msgs[i].uid);
+		else
+			pop3d_printf(s, "+OK %u %llu", cmd->msg,
+			    (unsigned long long)s->mb->msgs[i].size);
+		return;
+	}
+	pop3_mbox_stat(s->mb, &count, &size);
+	if (uidl)
+		pop3d_printf(s, "+OK");
+	else
+		pop3d_printf(s, "+OK %u messages (%llu octets)", count, (unsigned long long)size);
+	for (uint32_t k = 0; k < s->mb->n; k++) {
+		const struct pop3_msg *m = &s->mb->msgs[k];
+		if (m->deleted)
+			continue;
+		if (uidl)
+			pop3d_printf(s, "%u %s", k + 1, m->uid);
+		else
+			pop3d_printf(s, "%u %llu", k + 1, (unsigned long long)m->size);
+	}
+	pop3d_printf(s, ".");
+}
+
+static void pop3d_cmd_list(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	pop3d_list_common(s, cmd, 0);
+}
+
+static void pop3d_cmd_uidl(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	pop3d_list_common(s, cmd, 1);
+}
+
+static void pop3d_retr_common(struct pop3d_session *s, struct pop3_cmd *cmd, int top)
+{
+	const char *err;
+	int i, fd;
+
+	if ((i = pop3d_msg(s, cmd->msg)) < 0)
+		return;
+	fd = pop3_mbox_open_msg(s->mb, (uint32_t)i, &err);
+	if (fd < 0) {
+		pop3d_err(s, err);
+		return;
+	}
+	if (top) {
+		pop3d_printf(s, "+OK");
+		pop3_xfer_init(&s->xfer, cmd->lines);
+	} else {
+		pop3d_printf(s, "+OK %llu octets", (unsigned long long)s->mb->msgs[i].size);
+		pop3_xfer_init(&s->xfer, -1);
+		/* The fd stays valid across the rename. */
+		(void)pop3_mbox_mark_seen(s->mb, (uint32_t)i);
+		s->retrieved++;
+	}
+	s->xfer_fd = fd;
+	pop3d_pump(s);
+}
+
+static void pop3d_cmd_retr(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	pop3d_retr_common(s, cmd, 0);
+}
+
+static void pop3d_cmd_top(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	pop3d_retr_common(s, cmd, 1);
+}
+
+static void pop3d_cmd_dele(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	int i;
+
+	if ((i = pop3d_msg(s, cmd->msg)) < 0)
+		return;
+	s->mb->msgs[i].deleted = 1;
+	pop3d_printf(s, "+OK message %u deleted", cmd->msg);
+}
+
+static void pop3d_cmd_rset(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	uint32_t count;
+	uint64_t size;
+
+	(void)cmd;
+	for (uint32_t k = 0; k < s->mb->n; k++)
+		s->mb->msgs[k].deleted = 0;
+	pop3_mbox_stat(s->mb, &count, &size);
+	pop3d_printf(s, "+OK %u messages (%llu octets)", count, (unsigned long long)size);
+}
+
+static void pop3d_cmd_noop(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	(void)cmd;
+	pop3d_printf(s, "+OK");
+}
+
+static void pop3d_cmd_quit(struct pop3d_session *s, struct pop3_cmd *cmd)
+{
+	uint32_t deleted, failed = 0;
+	char nd[16], nr[16];
+
+	(void)cmd;
+	if (s->state != POP3D_ST_TRANS) {
+		pop3d_printf(s, "+OK bye");
+		pop3d_close(s);
+		return;
+	}
+	/* UPDATE state */
+	deleted = pop3_mbox_commit(s->mb, &failed);
+	(void)util_fmt(nd, sizeof(nd), "%u", deleted);
+	(void)util_fmt(nr, sizeof(nr), "%u", s->retrieved);
+	log_event(LOG_LVL_INFO, "pop3.logout", "user", s->login, "client", s->ip,
+	    "retrieved", nr, "deleted", nd, NULL);
+	if (failed > 0)
+		pop3d_printf(s, "-ERR [SYS/TEMP] %u deleted messages could not be removed", failed);
+	else
+		pop3d_printf(s, "+OK Logging out, %u messages deleted", deleted);
+	pop3d_close(s);
+}
+
+static const struct pop3d_cmd_def pop3d_cmds[] = {
+	{ POP3_CMD_USER, POP3D_ST_AUTH, pop3d_cmd_user },
+	{ POP3_CMD_PASS, POP3D_ST_AUTH, pop3d_cmd_pass },
+	{ POP3_CMD_CAPA, POP3D_ST_AUTH | POP3D_ST_TRANS, pop3d_cmd_capa },
+	{ POP3_CMD_STLS, POP3D_ST_AUTH, pop3d_cmd_stls },
+	{ POP3_CMD_STAT, POP3D_ST_TRANS, pop3d_cmd_stat },
+	{ POP3_CMD_LIST, POP3D_ST_TRANS, pop3d_cmd_list },
+	{ POP3_CMD_UIDL, POP3D_ST_TRANS, pop3d_cmd_uidl },
+	{ POP3_CMD_RETR, POP3D_ST_TRANS, pop3d_cmd_retr },
+	{ POP3_CMD_TOP,  POP3D_ST_TRANS, pop3d_cmd_top },
+	{ POP3_CMD_DELE, POP3D_ST_TRANS, pop3d_cmd_dele },
+	{ POP3_CMD_RSET, POP3D_ST_TRANS, pop3d_cmd_rset },
+	{ POP3_CMD_NOOP, POP3D_ST_TRANS, pop3d_cmd_noop },
+	{ POP3_CMD_QUIT, POP3D_ST_AUTH | POP3D_ST_TRANS, pop3d_cmd_quit },
+};
+
+static void pop3d_command(struct pop3d_session *s, const char *line, size_t len)
+{
+	struct pop3_cmd cmd;
+	const char *err;
+
+	if (pop3_parse(line, len, &cmd, &err) != POP3_PARSE_OK) {
+		pop3d_err(s, err);
+		return;
+	}
+	for (size_t i = 0; i < sizeof(pop3d_cmds) / sizeof(pop3d_cmds[0]); i++) {
+		if (pop3d_cmds[i].verb != cmd.verb)
+			continue;
+		if (!(pop3d_cmds[i].states & (int)s->state))
+			pop3d_err(s, s->state == POP3D_ST_AUTH ? "not logged in" :
+			    "command not valid in this state");
+		else
+			pop3d_cmds[i].run(s, &cmd);
+		break;
+	}
+	explicit_bzero(&cmd, sizeof(cmd));
+}
+
+/* Handles every complete line in the input, unless a reply is still being
+ * produced, a delay runs, TLS is starting, or the output is full. */
+static void pop3d_process(struct pop3d_session *s)
+{
+	char line[POP3_LINE_MAX + 1];
+
+	while (s->state != POP3D_ST_CLOSING && !s->busy && !s->tls_pending &&
+	    s->xfer_fd < 0 && s->bev != NULL) {
+		struct evbuffer *in = bufferevent_get_input(s->bev);
+		size_t avail = evbuffer_get_length(in), len, eol_len = 0;
+		struct evbuffer_ptr p;
+
+		if (avail == 0 ||
+		    evbuffer_get_length(bufferevent_get_output(s->bev)) >= POP3D_OUT_HIGH)
+			break;
+		p = evbuffer_search_eol(in, NULL, &eol_len, EVBUFFER_EOL_LF);
+		if (p.pos < 0) {
+			if (s->skipping) {
+				evbuffer_drain(in, avail);
+			} else if (avail > POP3_LINE_MAX) {
+				evbuffer_drain(in, avail);
+				s->skipping = 1;
+				pop3d_err(s, "line too long");
+			}
+			break;
+		}
+		len = (size_t)p.pos;
+		if (s->skipping || len + 1 > POP3_LINE_MAX) {
+			evbuffer_drain(in, len + 1);
+			if (!s->skipping)
+				pop3d_err(s, "line too long");
+			s->skipping = 0;
+			continue;
+		}
+		if (evbuffer_remove(in, line, len + 1) != (int)(len + 1))
+			break;
+		if (len > 0 && line[len - 1] == '\r')
+			len--;
+		line[len] = '\0';
+		pop3d_command(s, line, len);
+		explicit_bzero(line, sizeof(line));
+	}
+}
+
+/* Frees a closing session whose output is flushed. */
+static void pop3d_after(struct pop3d_session *s)
+{
+	if (s->state == POP3D_ST_CLOSING &&
+	    evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+		pop3d_session_free(s);
+}
+
+static void pop3d_on_read(struct bufferevent *bev, void *arg)
+{
+	struct pop3d_session *s = arg;
+
+	(void)bev;
+	pop3d_process(s);
+	pop3d_after(s);
+}
+
+static void pop3d_on_write(struct bufferevent *bev, void *arg)
+{
+	struct pop3d_session *s = arg;
+	int empty = evbuffer_get_length(bufferevent_get_output(bev)) == 0;
+
+	if (s->state == POP3D_ST_CLOSING) {
+		if (empty)
+			pop3d_session_free(s);
+		return;
+	}
+	if (s->tls_pending) {
+		if (empty && pop3d_start_tls(s) < 0) {
+			log_event(LOG_LVL_WARN, "pop3.tls_failed", "client", s->ip, NULL);
+			pop3d_session_free(s);
+		}
+		return;
+	}
+	if (s->xfer_fd >= 0)
+		pop3d_pump(s);
+	pop3d_process(s);
+	pop3d_after(s);
+}
+
+static void pop3d_on_event(struct bufferevent *bev, short what, void *arg)
+{
+	struct pop3d_session *s = arg;
+
+	(void)bev;
+	if (what & BEV_EVENT_CONNECTED)
+		return; /* TLS handshake done */
+	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
+	    s->state != POP3D_ST_CLOSING) {
+		log_event(LOG_LVL_INFO, "pop3.timeout", "client", s->ip,
+		    "user", s->login[0] ? s->login : NULL, NULL);
+		pop3d_printf(s, "-ERR [SYS/TEMP] autologout: idle for too long");
+		pop3d_close(s);
+		pop3d_after(s);
+		return;
+	}
+	if (what & BEV_EVENT_ERROR) {
+		unsigned long e = bufferevent_get_openssl_error(bev);
+		if (e != 0) {
+			char buf[256];
+			ERR_error_string_n(e, buf, sizeof(buf));
+			log_event(LOG_LVL_INFO, "pop3.tls_error", "client", s->ip, "error", buf, NULL);
+		}
+	}
+	/* EOF, error or write timeout: the session ends without UPDATE, so
+	 * nothing marked with DELE is removed (RFC 1939 section 6). */
+	pop3d_session_free(s);
+}
+
+/* ---- listeners ---- */
+
+static int pop3d_count_ip(struct pop3d *srv, const char *ip)
+{
+	struct pop3d_session *s;
+	int n = 0;
+
+	TAILQ_FOREACH(s, &srv->sessions, link)
+		if (strcmp(s->ip, ip) == 0)
+			n++;
+	return n;
+}
+
+static void pop3d_refuse(int fd, int tls, const char *text)
+{
+	if (!tls)
+		(void)send(fd, text, strlen(text), MSG_DONTWAIT | MSG_NOSIGNAL);
+	close(fd);
+}
+
+static void pop3d_on_accept(struct evconnlistener *l, evutil_socket_t fd,
+    struct sockaddr *sa, int salen, void *arg)
+{
+	struct pop3d_listener *pl = arg;
+	struct pop3d *srv = pl->srv;
+	const struct kale_config *cfg = srv->cfg;
+	struct sockaddr_storage ss;
+	struct pop3d_session *s;
+	struct bufferevent *bev;
+	char ip[INET6_ADDRSTRLEN] = "unknown";
+	int tls = pl->kl->implicit_tls || pl->kl->kind == LISTEN_POP3S;
+	int max = cfg->max_connections > 0 ? cfg->max_connections : 1000;
+	int max_ip = cfg->max_connections_per_ip > 0 ? cfg->max_connections_per_ip : 20;
+
+	(void)l;
+	memset(&ss, 0, sizeof(ss));
+	if (salen > 0)
+		memcpy(&ss, sa, (size_t)salen < sizeof(ss) ? (size_t)salen : sizeof(ss));
+	if (ss.ss_family == AF_INET)
+		(void)inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
+	else if (ss.ss_family == AF_INET6)
+		(void)inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
+	if (srv->stopping) {
+		pop3d_refuse(fd, tls, "-ERR [SYS/TEMP] server shutting down\r\n");
+		return;
+	}
+	if (srv->n_sessions >= max) {
+		log_event(LOG_LVL_WARN, "pop3.refused", "client", ip, "reason", "max_connections", NULL);
+		pop3d_refuse(fd, tls, "-ERR [SYS/TEMP] too many connections\r\n");
+		return;
+	}
+	if (pop3d_count_ip(srv, ip) >= max_ip) {
+		log_event(LOG_LVL_WARN, "pop3.refused", "client", ip, "reason",
+		    "max_connections_per_ip", NULL);
+		pop3d_refuse(fd, tls, "-ERR [SYS/TEMP] too many connections from your address\r\n");
+		return;
+	}
+	if (tls) {
+		if (srv->ctx->tls == NULL) {
+			close(fd);
+			return;
+		}
+		bev = pop3d_tls_bev(srv, fd);
+	} else {
+		bev = bufferevent_socket_new(srv->base, fd,
+		    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+		if (bev == NULL)
+			close(fd);
+	}
+	if (bev == NULL) {
+		log_event(LOG_LVL_ERROR, "pop3.accept_failed", "client", ip, NULL);
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->srv = srv;
+	s->bev = bev;
+	s->tls = tls;
+	s->state = POP3D_ST_AUTH;
+	s->xfer_fd = -1;
+	s->listener = pl->kl->name;
+	memcpy(s->ip, ip, sizeof(s->ip));
+	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
+	srv->n_sessions++;
+	pop3d_bev_setup(s);
+	log_event(LOG_LVL_DEBUG, "pop3.connect", "client", ip, "listener", s->listener, NULL);
+	pop3d_printf(s, "+OK %s POP3 server ready",
+	    cfg->hostname != NULL ? cfg->hostname : "kale");
+}
+
+static void pop3d_listener_resume(evutil_socket_t fd, short what, void *arg)
+{
+	struct pop3d_listener *pl = arg;
+
+	(void)fd;
+	(void)what;
+	if (pl->l != NULL && !pl->srv->stopping)
+		evconnlistener_enable(pl->l);
+}
+
+/* accept() failed (EMFILE, ENFILE, ENOBUFS...): pause this listener for a
+ * second instead of spinning. */
+static void pop3d_on_accept_error(struct evconnlistener *l, void *arg)
+{
+	struct pop3d_listener *pl = arg;
+	struct timeval tv = { 1, 0 };
+	int e = EVUTIL_SOCKET_ERROR();
+
+	log_event(LOG_LVL_WARN, "pop3.accept_error", "listener", pl->kl->name,
+	    "error", evutil_socket_error_to_string(e), NULL);
+	evconnlistener_disable(l);
+	(void)event_base_once(pl->srv->base, -1, EV_TIMEOUT, pop3d_listener_resume, pl, &tv);
+}
+
+/* ---- process lifetime ---- */
+
+static void pop3d_on_stop_timer(evutil_socket_t fd, short what, void *arg)
+{
+	struct pop3d *srv = arg;
+
+	(void)fd;
+	(void)what;
+	event_base_loopbreak(srv->base);
+}
+
+static void pop3d_on_signal(evutil_socket_t sig, short what, void *arg)
+{
+	struct pop3d *srv = arg;
+	struct pop3d_session *s, *next;
+	struct timeval tv = { POP3D_STOP_GRACE_S, 0 };
+
+	(void)sig;
+	(void)what;
+	if (srv->stopping)
+		return;
+	srv->stopping = 1;
+	log_event(LOG_LVL_INFO, "pop3.stopping", NULL);
+	for (int i = 0; i < srv->n_lis; i++) {
+		if (srv->lis[i].l != NULL)
+			evconnlistener_free(srv->lis[i].l);
+		srv->lis[i].l = NULL;
+	}
+	if (srv->n_sessions == 0) {
+		event_base_loopexit(srv->base, NULL);
+		return;
+	}
+	for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
+		next = TAILQ_NEXT(s, link);
+		if (s->state == POP3D_ST_CLOSING || s->bev == NULL)
+			continue;
+		if (!s->tls_pending)
+			pop3d_printf(s, "-ERR [SYS/TEMP] server shutting down");
+		s->tls_pending = 0;
+		pop3d_close(s);
+		pop3d_after(s);
+	}
+	srv->ev_stop = evtimer_new(srv->base, pop3d_on_stop_timer, srv);
+	if (srv->ev_stop == NULL || evtimer_add(srv->ev_stop, &tv) < 0)
+		event_base_loopbreak(srv->base);
+}
+
+static void pop3d_on_flush(evutil_socket_t fd, short what, void *arg)
+{
+	struct pop3d *srv = arg;
+
+	(void)fd;
+	(void)what;
+	if (srv->log_dirty && store_log_flush(srv->st) == 0)
+		srv->log_dirty = 0;
+}
+
+int pop3d_main(struct kale_ctx *ctx)
+{
+	struct pop3d srv;
+	struct timeval one = { 1, 0 };
+	char *err = NULL;
+	int ret = 1;
+
+	memset(&srv, 0, sizeof(srv));
+	TAILQ_INIT(&srv.sessions);
+	srv.ctx = ctx;
+	srv.cfg = ctx->cfg;
+	log_set_proc("pop3d");
+	signal(SIGPIPE, SIG_IGN);
+	if (store_open(ctx->cfg, &srv.st, &err) < 0) {
+		log_event(LOG_LVL_ERROR, "pop3.store_failed", "error", err, NULL);
+		goto cleanup;
+	}
+	srv.base = event_base_new();
+	if (srv.base == NULL) {
+		log_event(LOG_LVL_ERROR, "pop3.event_failed", NULL);
+		goto cleanup;
+	}
+	srv.lis = xcalloc((size_t)(ctx->n_ls > 0 ? ctx->n_ls : 1), sizeof(*srv.lis));
+	for (int i = 0; i < ctx->n_ls; i++) {
+		const struct kale_listener *kl = &ctx->ls[i];
+		struct pop3d_listener *pl;
+
+		if (kl->kind != LISTEN_POP3 && kl->kind != LISTEN_POP3S)
+			continue;
+		if (kl->kind == LISTEN_POP3S && ctx->tls == NULL) {
+			log_event(LOG_LVL_ERROR, "pop3.no_tls", "listener", kl->name, NULL);
+			continue;
+		}
+		pl = &srv.lis[srv.n_lis];
+		pl->srv = &srv;
+		pl->kl = kl;
+		pl->l = evconnlistener_new(srv.base, pop3d_on_accept, pl,
+		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, kl->fd);
+		if (pl->l == NULL) {
+			log_event(LOG_LVL_ERROR, "pop3.listen_failed", "listener", kl->name, NULL);
+			goto cleanup;
+		}
+		evconnlistener_set_error_cb(pl->l, pop3d_on_accept_error);
+		srv.n_lis++;
+		log_event(LOG_LVL_INFO, "pop3.listen", "listener", kl->name,
+		    "tls", kl->kind == LISTEN_POP3S ? "implicit" : "stls", NULL);
+	}
+	srv.ev_term = evsignal_new(srv.base, SIGTERM, pop3d_on_signal, &srv);
+	srv.ev_int = evsignal_new(srv.base, SIGINT, pop3d_on_signal, &srv);
+	srv.ev_flush = event_new(srv.base, -1, EV_PERSIST, pop3d_on_flush, &srv);
+	if (srv.ev_term == NULL || srv.ev_int == NULL || srv.ev_flush == NULL ||
+	    evsignal_add(srv.ev_term, NULL) < 0 || evsignal_add(srv.ev_int, NULL) < 0 ||
+	    event_add(srv.ev_flush, &one) < 0) {
+		log_event(LOG_LVL_ERROR, "pop3.event_failed", NULL);
+		goto cleanup;
+	}
+	if (event_base_dispatch(srv.base) < 0) {
+		log_event(LOG_LVL_ERROR, "pop3.loop_failed", NULL);
+		goto cleanup;
+	}
+	ret = 0;
+cleanup:
+	while (!TAILQ_EMPTY(&srv.sessions))
+		pop3d_session_free(TAILQ_FIRST(&srv.sessions));
+	for (int i = 0; i < srv.n_lis; i++)
+		if (srv.lis[i].l != NULL)
+			evconnlistener_free(srv.lis[i].l);
+	xfree(&srv.lis);
+	if (srv.ev_term != NULL)
+		event_free(srv.ev_term);
+	if (srv.ev_int != NULL)
+		event_free(srv.ev_int);
+	if (srv.ev_flush != NULL)
+		event_free(srv.ev_flush);
+	if (srv.ev_stop != NULL)
+		event_free(srv.ev_stop);
+	if (srv.st != NULL)
+		store_log_flush(srv.st);
+	store_close(&srv.st);
+	if (srv.base != NULL)
+		event_base_free(srv.base);
+	free(err);
+	log_event(LOG_LVL_INFO, "pop3.stopped", NULL);
+	return ret;
+}

@@ -1,0 +1,1282 @@
+/* smtpd: the SMTP receive engine. Runs in each smtpd worker process (one
+ * per core, unprivileged, cwd = data_dir): one libevent loop, sessions as a
+ * state enum plus a command table, the transaction kept apart from the
+ * connection, messages streamed into queue/tmp and committed in groups (one
+ * syncfs + one directory fsync for every session that finished together). */
+#include <errno.h>
+#include <fcntl.h>
+#include <signal.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <time.h>
+#include <unistd.h>
+#include <arpa/inet.h>
+#include <netinet/in.h>
+#include <sys/socket.h>
+#include <sys/stat.h>
+#include <sys/statvfs.h>
+
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
+#include <event2/bufferevent_ssl.h>
+#include <event2/event.h>
+#include <event2/listener.h>
+#include <openssl/err.h>
+#include <openssl/ssl.h>
+
+#include "conf/conf.h"
+#include "lib/log.h"
+#include "lib/util.h"
+#include "master/kaled.h"
+#include "queue/queue_file.h"
+#include "smtpd/conntable.h"
+#include "smtpd/smtp_parse.h"
+#include "store/store.h"
+
+#define SMTPD_MAX_ERRORS 10
+#define SMTPD_MAX_HOPS 50
+#define SMTPD_WBUF 65536
+#define SMTPD_OUT_MAX (256 * 1024)
+#define SMTPD_DISK_RESERVE (64 * 1024)
+
+enum smtpd_state {
+	SMTPD_GREETING,   /* greeting delay running */
+	SMTPD_CMD,        /* reading commands */
+	SMTPD_DATA,       /* reading DATA bytes */
+	SMTPD_BDAT,       /* reading a BDAT chunk */
+	SMTPD_COMMIT,     /* waiting for the group commit */
+	SMTPD_CLOSING     /* flushing the last reply */
+};
+
+struct smtpd_rcpt {
+	char *orig;
+	char **targets;
+	int n_targets;
+};
+
+/* The mail transaction: reset by RSET, HELO/EHLO, STARTTLS and after each message. */
+struct smtpd_tx {
+	int active;                /* MAIL given */
+	struct smtp_path mail;
+	struct smtpd_rcpt *rcpt;
+	int n_rcpt;
+	int n_targets;
+	/* message file */
+	int fd;
+	char qid[32];
+	char *wbuf;
+	size_t wlen;
+	int werrno;                /* first write error */
+	struct smtp_data data;
+	int bdat;                  /* BDAT in use */
+	uint64_t bdat_left;        /* bytes of the current chunk still to read */
+	int bdat_last;
+	const char *bdat_error;    /* reply for the chunk when it is being discarded */
+	uint64_t body_len;
+	uint64_t started_us;
+};
+
+struct smtpd_worker;
+
+struct smtpd_session {
+	struct smtpd_worker *w;
+	struct bufferevent *bev;
+	struct event *greet_ev;
+	enum smtpd_state state;
+	enum kale_listen_kind kind;
+	int conn_slot;
+	char ip[INET6_ADDRSTRLEN];
+	char helo[256];
+	int esmtp;
+	int helo_done;
+	int tls;
+	int trusted;
+	int errors;
+	int discard_line;          /* skipping the rest of an over-long line */
+	struct smtpd_tx tx;
+	struct smtpd_session *next, *prev;       /* all sessions */
+	struct smtpd_session *commit_next;       /* in the commit batch */
+};
+
+struct smtpd_worker {
+	struct kale_ctx *ctx;
+	const struct kale_config *cfg;
+	struct event_base *base;
+	store *st;
+	struct evconnlistener *lev[16];
+	struct smtpd_lctx { struct smtpd_worker *w; struct kale_listener *l; } lctx[16];
+	int n_lev;
+	struct smtpd_session *sessions;
+	int n_sessions;
+	struct smtpd_session *commit_head;
+	struct event *commit_ev;
+	struct event *flush_ev;
+	struct event *sig_term, *sig_usr2, *stop_ev;
+	int incoming_fd;
+	int stopping;              /* 1 graceful (finish sessions), 2 now */
+};
+
+static void smtpd_read_cb(struct bufferevent *bev, void *arg);
+static void smtpd_write_cb(struct bufferevent *bev, void *arg);
+static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg);
+static void smtpd_process(struct smtpd_session *s);
+static void smtpd_free(struct smtpd_session *s);
+
+/* ---------- replies and logging ---------- */
+
+static void smtpd_reply(struct smtpd_session *s, const char *fmt, ...)
+    __attribute__((format(printf, 2, 3)));
+
+static void smtpd_reply(struct smtpd_session *s, const char *fmt, ...)
+{
+	struct evbuffer *out = bufferevent_get_output(s->bev);
+	va_list ap;
+
+	va_start(ap, fmt);
+	evbuffer_add_vprintf(out, fmt, ap);
+	va_end(ap);
+	evbuffer_add(out, "\r\n", 2);
+}
+
+static void smtpd_log_row(struct smtpd_session *s, const char *action, const char *rcpt,
+    const char *code, const char *reason)
+{
+	struct store_log_row row = { 0 };
+
+	row.qid = s->tx.qid[0] ? s->tx.qid : NULL;
+	row.client = s->ip;
+	row.helo = s->helo[0] ? s->helo : NULL;
+	row.sender = s->tx.active ? s->tx.mail.addr : NULL;
+	row.rcpt = rcpt;
+	row.action = action;
+	row.code = code;
+	row.reason = reason;
+	row.size = (int64_t)s->tx.body_len;
+	if (s->w->st)
+		store_log_add(s->w->st, &row);
+}
+
+/* Replies with a rejection and logs it as a "rejected" row. text is "CODE X.Y.Z words". */
+static void smtpd_reject(struct smtpd_session *s, const char *rcpt, const char *text)
+{
+	char code[16] = "";
+	const char *reason = text;
+
+	if (strlen(text) > 10 && text[3] == ' ') {
+		size_t n = strcspn(text + 4, " ");
+		if (n < 8) {
+			memcpy(code, text, 4 + n);
+			code[4 + n] = '\0';
+			reason = text + 4 + n + (text[4 + n] == ' ');
+		}
+	}
+	smtpd_reply(s, "%s", text);
+	smtpd_log_row(s, "rejected", rcpt, code, reason);
+	log_event(LOG_LVL_INFO, "smtp.reject", "client", s->ip, "from",
+	    s->tx.active ? s->tx.mail.addr : NULL, "to", rcpt, "reply", text, NULL);
+}
+
+/* ---------- transaction ---------- */
+
+static void smtpd_tx_reset(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+
+	for (int i = 0; i < tx->n_rcpt; i++) {
+		free(tx->rcpt[i].orig);
+		store_targets_free(tx->rcpt[i].targets, tx->rcpt[i].n_targets);
+	}
+	free(tx->rcpt);
+	if (tx->fd >= 0) {
+		char path[128];
+		close(tx->fd);
+		if (util_fmt(path, sizeof(path), QUEUE_DIR_TMP "/%s", tx->qid) == 0)
+			unlink(path);
+	}
+	free(tx->wbuf);
+	memset(tx, 0, sizeof(*tx));
+	tx->fd = -1;
+}
+
+static void smtpd_wflush(struct smtpd_tx *tx)
+{
+	size_t off = 0;
+
+	while (off < tx->wlen && tx->werrno == 0) {
+		ssize_t n = write(tx->fd, tx->wbuf + off, tx->wlen - off);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			tx->werrno = errno;
+			break;
+		}
+		off += (size_t)n;
+	}
+	tx->body_len += off;
+	tx->wlen = 0;
+}
+
+static void smtpd_out(void *ctx, const char *p, size_t n)
+{
+	struct smtpd_tx *tx = ctx;
+
+	if (tx->werrno)
+		return;
+	while (n > 0) {
+		size_t room = SMTPD_WBUF - tx->wlen, k = n < room ? n : room;
+		memcpy(tx->wbuf + tx->wlen, p, k);
+		tx->wlen += k;
+		p += k;
+		n -= k;
+		if (tx->wlen == SMTPD_WBUF)
+			smtpd_wflush(tx);
+	}
+}
+
+/* Free space on the queue file system, in bytes; UINT64_MAX if unknown. */
+static uint64_t smtpd_disk_free(void)
+{
+	struct statvfs sv;
+
+	if (statvfs(QUEUE_DIR_TMP, &sv) < 0)
+		return UINT64_MAX;
+	return (uint64_t)sv.f_bavail * sv.f_frsize;
+}
+
+/* Opens queue/tmp/QID and writes the Received: header. 0 ok, -1 (reply sent). */
+static int smtpd_tx_open(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+	char path[128], date[64], hdr[1024];
+	time_t now = time(NULL);
+	struct tm tm;
+	int n;
+
+	if (smtpd_disk_free() < SMTPD_DISK_RESERVE + tx->mail.size) {
+		smtpd_reject(s, NULL, "452 4.3.1 Insufficient system storage");
+		return -1;
+	}
+	queue_qid_new(tx->qid);
+	if (util_fmt(path, sizeof(path), QUEUE_DIR_TMP "/%s", tx->qid) < 0)
+		return -1;
+	tx->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (tx->fd < 0) {
+		log_event(LOG_LVL_ERROR, "queue.error", "op", "open", "path", path, "error", strerror(errno), NULL);
+		tx->qid[0] = '\0';
+		smtpd_reply(s, "451 4.3.0 Queue file cannot be created");
+		return -1;
+	}
+	tx->wbuf = xmalloc(SMTPD_WBUF);
+	tx->started_us = util_now_us();
+	localtime_r(&now, &tm);
+	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	n = snprintf(hdr, sizeof(hdr),
+	    "Received: from %s (%s [%s])\n\tby %s (kale) with %s%s%s id %s%s%s%s;\n\t%s\n",
+	    s->helo[0] ? s->helo : "unknown", s->ip, s->ip, s->w->cfg->hostname,
+	    tx->mail.smtputf8 ? "UTF8" : "", s->esmtp ? "ESMTP" : "SMTP", s->tls ? "S" : "",
+	    tx->qid, tx->n_rcpt == 1 ? "\n\tfor <" : "", tx->n_rcpt == 1 ? tx->rcpt[0].orig : "",
+	    tx->n_rcpt == 1 ? ">" : "", date);
+	if (n < 0 || (size_t)n >= sizeof(hdr))
+		n = 0;
+	smtpd_out(tx, hdr, (size_t)n);
+	return 0;
+}
+
+/* ---------- group commit ---------- */
+
+static void smtpd_commit_add(struct smtpd_session *s)
+{
+	struct smtpd_worker *w = s->w;
+
+	s->state = SMTPD_COMMIT;
+	bufferevent_disable(s->bev, EV_READ);
+	s->commit_next = w->commit_head;
+	w->commit_head = s;
+	event_active(w->commit_ev, 0, 0);
+}
+
+static void smtpd_accepted(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+	char delay[32];
+
+	snprintf(delay, sizeof(delay), "%.3f", (double)(util_now_us() - tx->started_us) / 1e6);
+	smtpd_reply(s, "250 2.0.0 Ok: queued as %s", tx->qid);
+	for (int i = 0; i < tx->n_rcpt; i++)
+		smtpd_log_row(s, "accepted", tx->rcpt[i].orig, "250 2.0.0", NULL);
+	{
+		char size[32], nr[16];
+		snprintf(size, sizeof(size), "%llu", (unsigned long long)tx->body_len);
+		snprintf(nr, sizeof(nr), "%d", tx->n_rcpt);
+		log_event(LOG_LVL_INFO, "smtp.accept", "qid", tx->qid, "client", s->ip,
+		    "from", tx->mail.addr, "to", tx->rcpt[0].orig, "nrcpt", nr, "size", size,
+		    "delay", delay, NULL);
+	}
+	close(tx->fd);
+	tx->fd = -1;       /* committed: smtpd_tx_reset must not unlink */
+	smtpd_tx_reset(s);
+}
+
+/* Runs after the loop's pending I/O callbacks: every session that finished
+ * its message in this round shares one syncfs and one directory fsync. */
+static void smtpd_commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+	struct smtpd_session *batch = w->commit_head, *s, *next;
+	int sync_fd = -1, sync_err = 0, dir_err = 0;
+
+	(void)fd;
+	(void)what;
+	w->commit_head = NULL;
+	if (batch == NULL)
+		return;
+	sync_fd = batch->tx.fd;
+	if (syncfs(sync_fd) < 0)
+		sync_err = errno;
+	for (s = batch; s; s = s->commit_next) {
+		char from[128], to[128];
+		if (sync_err)
+			break;
+		snprintf(from, sizeof(from), QUEUE_DIR_TMP "/%s", s->tx.qid);
+		snprintf(to, sizeof(to), QUEUE_DIR_INCOMING "/%s", s->tx.qid);
+		if (rename(from, to) < 0) {
+			log_event(LOG_LVL_ERROR, "queue.error", "op", "rename", "qid", s->tx.qid,
+			    "error", strerror(errno), NULL);
+			s->tx.werrno = errno ? errno : EIO;
+		}
+	}
+	if (!sync_err && fsync(w->incoming_fd) < 0)
+		dir_err = errno;
+	if (sync_err || dir_err)
+		log_event(LOG_LVL_ERROR, "queue.error", "op", sync_err ? "syncfs" : "fsync-dir",
+		    "error", strerror(sync_err ? sync_err : dir_err), NULL);
+	for (s = batch; s; s = next) {
+		next = s->commit_next;
+		s->commit_next = NULL;
+		s->state = SMTPD_CMD;
+		if (sync_err || s->tx.werrno) {
+			/* Not durable: the file may or may not be in incoming/ (after a
+			 * failed directory fsync it is, and qmgr may deliver it); we
+			 * answered nothing yet, so a 4xx makes the client retry. */
+			smtpd_reject(s, NULL, sync_err == ENOSPC ? "452 4.3.1 Insufficient system storage"
+			    : "451 4.3.0 Queue write error");
+			if (!sync_err) {
+				close(s->tx.fd);
+				s->tx.fd = -1;
+			}
+			smtpd_tx_reset(s);
+		} else if (dir_err) {
+			smtpd_reject(s, NULL, "451 4.3.0 Queue write error");
+			close(s->tx.fd);
+			s->tx.fd = -1;
+			smtpd_tx_reset(s);
+		} else {
+			smtpd_accepted(s);
+		}
+		bufferevent_enable(s->bev, EV_READ);
+		smtpd_process(s);
+	}
+}
+
+/* ---------- end of message ---------- */
+
+static void smtpd_message_done(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+	struct queue_env env = { 0 };
+
+	smtpd_wflush(tx);
+	if (tx->data.too_big) {
+		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
+		smtpd_tx_reset(s);
+		return;
+	}
+	if (tx->data.hops > SMTPD_MAX_HOPS) {
+		smtpd_reject(s, NULL, "554 5.4.6 Too many hops (mail loop?)");
+		smtpd_tx_reset(s);
+		return;
+	}
+	if (tx->werrno == 0) {
+		env.version = QUEUE_FORMAT_VERSION;
+		snprintf(env.qid, sizeof(env.qid), "%s", tx->qid);
+		env.arrival = time(NULL);
+		env.client_ip = s->ip;
+		env.helo = s->helo;
+		env.sender = tx->mail.addr;
+		env.envid = tx->mail.envid[0] ? tx->mail.envid : NULL;
+		env.ret = tx->mail.ret;
+		env.smtputf8 = tx->mail.smtputf8;
+		env.body8bit = tx->mail.body == 8;
+		env.body_len = tx->body_len;
+		for (int i = 0; i < tx->n_rcpt; i++)
+			for (int j = 0; j < tx->rcpt[i].n_targets; j++)
+				queue_env_add_rcpt(&env, tx->rcpt[i].targets[j], tx->rcpt[i].orig, NULL, 0);
+		if (queue_file_finish(tx->fd, &env) < 0)
+			tx->werrno = errno ? errno : EIO;
+		/* the strings belong to the session; free only what the env allocated */
+		env.client_ip = env.helo = env.sender = env.envid = NULL;
+		queue_env_free(&env);
+	}
+	if (tx->werrno) {
+		log_event(LOG_LVL_ERROR, "queue.error", "op", "write", "qid", tx->qid,
+		    "error", strerror(tx->werrno), NULL);
+		smtpd_reject(s, NULL, (tx->werrno == ENOSPC || tx->werrno == EDQUOT)
+		    ? "452 4.3.1 Insufficient system storage" : "451 4.3.0 Queue write error");
+		smtpd_tx_reset(s);
+		return;
+	}
+	smtpd_commit_add(s);
+}
+
+/* ---------- commands ---------- */
+
+static int smtpd_need_helo(struct smtpd_session *s)
+{
+	if (s->helo_done)
+		return 0;
+	smtpd_reply(s, "503 5.5.1 Send HELO/EHLO first");
+	return 1;
+}
+
+static void smtpd_cmd_helo(struct smtpd_session *s, const char *arg, int esmtp)
+{
+	const struct kale_config *cfg = s->w->cfg;
+
+	if (smtp_parse_helo(arg) < 0) {
+		smtpd_reply(s, "501 5.5.4 Invalid domain name");
+		s->errors++;
+		return;
+	}
+	smtpd_tx_reset(s);
+	snprintf(s->helo, sizeof(s->helo), "%s", arg);
+	s->helo_done = 1;
+	s->esmtp = esmtp;
+	if (!esmtp) {
+		smtpd_reply(s, "250 %s", cfg->hostname);
+		return;
+	}
+	smtpd_reply(s, "250-%s", cfg->hostname);
+	smtpd_reply(s, "250-PIPELINING");
+	smtpd_reply(s, "250-SIZE %llu", (unsigned long long)cfg->message_size);
+	smtpd_reply(s, "250-8BITMIME");
+	smtpd_reply(s, "250-SMTPUTF8");
+	smtpd_reply(s, "250-CHUNKING");
+	if (!s->tls && s->w->ctx->tls)
+		smtpd_reply(s, "250-STARTTLS");
+	smtpd_reply(s, "250 ENHANCEDSTATUSCODES");
+}
+
+static void smtpd_cmd_mail(struct smtpd_session *s, const char *arg)
+{
+	struct smtpd_tx *tx = &s->tx;
+	const char *err;
+
+	if (smtpd_need_helo(s))
+		return;
+	if (tx->active) {
+		smtpd_reply(s, "503 5.5.1 Nested MAIL command");
+		return;
+	}
+	if (smtp_parse_path(arg, 1, &tx->mail, &err) < 0) {
+		smtpd_reject(s, NULL, err);
+		s->errors++;
+		memset(&tx->mail, 0, sizeof(tx->mail));
+		return;
+	}
+	if (tx->mail.size > s->w->cfg->message_size) {
+		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
+		memset(&tx->mail, 0, sizeof(tx->mail));
+		return;
+	}
+	if (smtpd_disk_free() < SMTPD_DISK_RESERVE + tx->mail.size) {
+		smtpd_reject(s, NULL, "452 4.3.1 Insufficient system storage");
+		memset(&tx->mail, 0, sizeof(tx->mail));
+		return;
+	}
+	if (tx->mail.utf8 && !tx->mail.smtputf8) {
+		smtpd_reject(s, NULL, "553 5.6.7 Non-ASCII address needs SMTPUTF8");
+		memset(&tx->mail, 0, sizeof(tx->mail));
+		return;
+	}
+	tx->active = 1;
+	smtpd_reply(s, "250 2.1.0 Ok");
+}
+
+/* Finds the local domain for an unqualified "postmaster": the first local
+ * domain that has a postmaster user or alias. */
+struct smtpd_pm {
+	store *st;
+	char addr[300];
+};
+
+static int smtpd_pm_cb(void *ctx, const struct store_domain *d)
+{
+	struct smtpd_pm *pm = ctx;
+	char **t = NULL;
+	char addr[300];
+	int n;
+
+	if (!d->local)
+		return 0;
+	snprintf(addr, sizeof(addr), "postmaster@%s", d->name);
+	n = store_rcpt_resolve(pm->st, addr, &t, NULL);
+	store_targets_free(t, n > 0 ? n : 0);
+	if (n > 0) {
+		snprintf(pm->addr, sizeof(pm->addr), "%s", addr);
+		return 1;
+	}
+	return 0;
+}
+
+static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
+{
+	struct smtpd_tx *tx = &s->tx;
+	struct smtp_path p;
+	struct store_domain dom;
+	const char *err;
+	char **targets = NULL;
+	char *error = NULL;
+	char addr[300];
+	int n = 0, found;
+
+	if (!tx->active) {
+		smtpd_reply(s, "503 5.5.1 Need MAIL before RCPT");
+		return;
+	}
+	if (smtp_parse_path(arg, 0, &p, &err) < 0) {
+		smtpd_reject(s, NULL, err);
+		s->errors++;
+		return;
+	}
+	if (p.utf8 && !tx->mail.smtputf8) {
+		smtpd_reject(s, p.addr, "553 5.6.7 Non-ASCII address needs SMTPUTF8");
+		return;
+	}
+	if (tx->n_targets >= s->w->cfg->max_recipients) {
+		smtpd_reject(s, p.addr, "452 4.5.3 Too many recipients");
+		return;
+	}
+	snprintf(addr, sizeof(addr), "%s", p.addr);
+	if (p.domain[0] == '\0') {             /* unqualified postmaster */
+		struct smtpd_pm pm = { s->w->st, "" };
+		if (store_domain_list(s->w->st, smtpd_pm_cb, &pm) < 0) {
+			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
+			return;
+		}
+		if (pm.addr[0] == '\0') {
+			smtpd_reject(s, addr, "550 5.1.1 Recipient address rejected: User unknown");
+			return;
+		}
+		snprintf(addr, sizeof(addr), "%s", pm.addr);
+		snprintf(p.domain, sizeof(p.domain), "%s", strchr(pm.addr, '@') + 1);
+	}
+	found = p.domain_literal ? 0 : store_domain_get(s->w->st, p.domain, &dom);
+	if (found < 0) {
+		smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
+		return;
+	}
+	if (found && dom.local) {
+		n = store_rcpt_resolve(s->w->st, addr, &targets, &error);
+		if (n < 0) {
+			log_event(LOG_LVL_ERROR, "store.error", "op", "rcpt", "error", error, NULL);
+			free(error);
+			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
+			return;
+		}
+		if (n == 0) {
+			smtpd_reject(s, addr, "550 5.1.1 Recipient address rejected: User unknown");
+			return;
+		}
+	} else if (found || s->trusted) {
+		/* Relay domain, or a trusted client relaying anywhere: queued for the
+		 * remote delivery agent (routes and verification: later modules). */
+		targets = xmalloc(sizeof(char *));
+		targets[0] = xstrdup(addr);
+		n = 1;
+	} else {
+		smtpd_reject(s, addr, "554 5.7.1 Relay access denied");
+		return;
+	}
+	if (tx->n_targets + n > s->w->cfg->max_recipients) {
+		store_targets_free(targets, n);
+		smtpd_reject(s, addr, "452 4.5.3 Too many recipients");
+		return;
+	}
+	tx->rcpt = xrealloc(tx->rcpt, sizeof(*tx->rcpt) * (size_t)(tx->n_rcpt + 1));
+	tx->rcpt[tx->n_rcpt].orig = xstrdup(p.addr);
+	tx->rcpt[tx->n_rcpt].targets = targets;
+	tx->rcpt[tx->n_rcpt].n_targets = n;
+	tx->n_rcpt++;
+	tx->n_targets += n;
+	smtpd_reply(s, "250 2.1.5 Ok");
+}
+
+static void smtpd_cmd_data(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+
+	if (!tx->active) {
+		smtpd_reply(s, "503 5.5.1 Need MAIL command");
+		return;
+	}
+	if (tx->n_rcpt == 0) {
+		smtpd_reply(s, "554 5.5.1 No valid recipients");
+		return;
+	}
+	if (tx->bdat) {
+		smtpd_reply(s, "503 5.5.1 DATA after BDAT");
+		return;
+	}
+	if (smtpd_tx_open(s) < 0) {
+		smtpd_tx_reset(s);
+		return;
+	}
+	smtp_data_init(&tx->data, s->w->cfg->message_size);
+	smtpd_reply(s, "354 End data with <CR><LF>.<CR><LF>");
+	s->state = SMTPD_DATA;
+}
+
+static void smtpd_cmd_bdat(struct smtpd_session *s, const char *arg)
+{
+	struct smtpd_tx *tx = &s->tx;
+	uint64_t size;
+	int last;
+
+	if (smtp_parse_bdat(arg, &size, &last) < 0) {
+		/* The chunk size is unknown, so the stream cannot be resynchronised. */
+		smtpd_reply(s, "501 5.5.4 Syntax: BDAT size [LAST]");
+		smtpd_reply(s, "421 4.7.0 Closing connection");
+		s->state = SMTPD_CLOSING;
+		return;
+	}
+	s->state = SMTPD_BDAT;
+	tx->bdat_left = size;
+	tx->bdat_last = last;
+	tx->bdat_error = NULL;
+	if (!tx->active) {
+		tx->bdat_error = "503 5.5.1 Need MAIL command";
+		return;
+	}
+	if (tx->n_rcpt == 0) {
+		tx->bdat_error = "554 5.5.1 No valid recipients";
+		return;
+	}
+	if (!tx->bdat) {
+		if (smtpd_tx_open(s) < 0) {
+			/* reply already sent; swallow the chunk silently */
+			tx->bdat_error = "";
+			return;
+		}
+		smtp_bdat_init(&tx->data, s->w->cfg->message_size);
+		tx->bdat = 1;
+	}
+	if (tx->data.size + size > s->w->cfg->message_size)
+		tx->data.too_big = 1;
+}
+
+/* Called when the current BDAT chunk has been read completely. */
+static void smtpd_bdat_chunk_done(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+
+	s->state = SMTPD_CMD;
+	if (tx->bdat_error) {
+		if (tx->bdat_error[0])
+			smtpd_reject(s, NULL, tx->bdat_error);
+		if (tx->bdat)
+			smtpd_tx_reset(s);
+		return;
+	}
+	if (tx->data.too_big) {
+		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
+		smtpd_tx_reset(s);
+		return;
+	}
+	if (!tx->bdat_last) {
+		smtpd_reply(s, "250 2.0.0 %llu octets received",
+		    (unsigned long long)tx->data.size);
+		return;
+	}
+	smtp_bdat_last(&tx->data, smtpd_out, tx);
+	smtpd_message_done(s);
+}
+
+static void smtpd_starttls(struct smtpd_session *s, const char *arg)
+{
+	struct smtpd_worker *w = s->w;
+	struct bufferevent *tbev;
+	SSL *ssl;
+
+	if (s->tls) {
+		smtpd_reply(s, "503 5.5.1 TLS already active");
+		return;
+	}
+	if (*arg) {
+		smtpd_reply(s, "501 5.5.4 Syntax: STARTTLS");
+		return;
+	}
+	if (w->ctx->tls == NULL || (ssl = SSL_new(w->ctx->tls)) == NULL) {
+		smtpd_reply(s, "454 4.7.0 TLS not available");
+		return;
+	}
+	smtpd_reply(s, "220 2.0.0 Ready to start TLS");
+	/* Anything the client pipelined behind STARTTLS is plaintext that must
+	 * not be taken as coming through TLS (CVE-2011-0411): drop it. */
+	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
+	tbev = bufferevent_openssl_filter_new(w->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
+	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	if (tbev == NULL) {
+		SSL_free(ssl);
+		s->state = SMTPD_CLOSING;
+		return;
+	}
+	s->bev = tbev;
+	bufferevent_setcb(s->bev, smtpd_read_cb, smtpd_write_cb, smtpd_event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, 1024 * 1024);
+	{
+		struct timeval tv = { w->cfg->command_timeout, 0 };
+		bufferevent_set_timeouts(s->bev, &tv, &tv);
+	}
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->tls = 1;
+	s->helo_done = 0;
+	s->esmtp = 0;
+	s->helo[0] = '\0';
+	smtpd_tx_reset(s);
+}
+
+static void smtpd_command(struct smtpd_session *s, char *line, size_t len)
+{
+	struct smtp_cmd cmd;
+	enum smtp_parse_result r = smtp_parse_command(line, len, &cmd);
+
+	switch (r) {
+	case SMTP_PARSE_OK:
+		break;
+	case SMTP_PARSE_TOO_LONG:
+		smtpd_reply(s, "500 5.5.2 Line too long");
+		s->errors++;
+		return;
+	case SMTP_PARSE_NUL:
+		smtpd_reply(s, "501 5.5.2 NUL character in command");
+		s->errors++;
+		return;
+	case SMTP_PARSE_BARE_CRLF:
+		smtpd_reply(s, "501 5.5.2 Bare CR or LF in command");
+		s->errors++;
+		return;
+	default:
+		smtpd_reply(s, "501 5.5.4 Syntax error");
+		s->errors++;
+		return;
+	}
+	switch (cmd.verb) {
+	case SMTP_HELO:
+		smtpd_cmd_helo(s, cmd.arg, 0);
+		break;
+	case SMTP_EHLO:
+		smtpd_cmd_helo(s, cmd.arg, 1);
+		break;
+	case SMTP_MAIL:
+		smtpd_cmd_mail(s, cmd.arg);
+		break;
+	case SMTP_RCPT:
+		smtpd_cmd_rcpt(s, cmd.arg);
+		break;
+	case SMTP_DATA:
+		smtpd_cmd_data(s);
+		break;
+	case SMTP_BDAT:
+		smtpd_cmd_bdat(s, cmd.arg);
+		break;
+	case SMTP_RSET:
+		smtpd_tx_reset(s);
+		smtpd_reply(s, "250 2.0.0 Ok");
+		break;
+	case SMTP_NOOP:
+		smtpd_reply(s, "250 2.0.0 Ok");
+		break;
+	case SMTP_QUIT:
+		smtpd_reply(s, "221 2.0.0 Bye");
+		s->state = SMTPD_CLOSING;
+		break;
+	case SMTP_VRFY:
+		smtpd_reply(s, "252 2.5.2 Cannot VRFY user, but will accept message and attempt delivery");
+		break;
+	case SMTP_EXPN:
+		smtpd_reply(s, "502 5.5.1 EXPN not supported");
+		break;
+	case SMTP_HELP:
+		smtpd_reply(s, "214 2.0.0 Commands: HELO EHLO MAIL RCPT DATA BDAT RSET NOOP QUIT VRFY HELP STARTTLS");
+		break;
+	case SMTP_STARTTLS:
+		smtpd_starttls(s, cmd.arg);
+		break;
+	case SMTP_AUTH:
+		smtpd_reply(s, "502 5.5.1 AUTH not available on this port");
+		s->errors++;
+		break;
+	default:
+		smtpd_reply(s, "500 5.5.1 Command unrecognized");
+		s->errors++;
+		break;
+	}
+	if (s->errors >= SMTPD_MAX_ERRORS && s->state != SMTPD_CLOSING) {
+		smtpd_reply(s, "421 4.7.0 Too many errors, closing connection");
+		s->state = SMTPD_CLOSING;
+	}
+}
+
+/* ---------- input ---------- */
+
+/* Reads DATA bytes from input; returns 1 when the message ended. */
+static int smtpd_read_data(struct smtpd_session *s, struct evbuffer *in)
+{
+	struct evbuffer_iovec v[8];
+	int n = evbuffer_peek(in, -1, NULL, v, 8);
+	size_t used_total = 0;
+	int done = 0;
+
+	for (int i = 0; i < n && i < 8 && !done; i++) {
+		size_t used = smtp_data_feed(&s->tx.data, v[i].iov_base, v[i].iov_len, &done,
+		    smtpd_out, &s->tx);
+		used_total += used;
+	}
+	evbuffer_drain(in, used_total);
+	return done;
+}
+
+static void smtpd_read_bdat(struct smtpd_session *s, struct evbuffer *in)
+{
+	struct smtpd_tx *tx = &s->tx;
+
+	while (tx->bdat_left > 0 && evbuffer_get_length(in) > 0) {
+		struct evbuffer_iovec v;
+		size_t k;
+		if (evbuffer_peek(in, -1, NULL, &v, 1) < 1)
+			break;
+		k = v.iov_len < tx->bdat_left ? v.iov_len : (size_t)tx->bdat_left;
+		if (!tx->bdat_error && !tx->data.too_big)
+			smtp_bdat_feed(&tx->data, v.iov_base, k, smtpd_out, tx);
+		evbuffer_drain(in, k);
+		tx->bdat_left -= k;
+	}
+	if (tx->bdat_left == 0)
+		smtpd_bdat_chunk_done(s);
+}
+
+static void smtpd_process(struct smtpd_session *s)
+{
+	struct evbuffer *in = bufferevent_get_input(s->bev);
+
+	while (evbuffer_get_length(in) > 0) {
+		if (s->state == SMTPD_COMMIT || s->state == SMTPD_CLOSING || s->state == SMTPD_GREETING)
+			break;
+		if (s->state == SMTPD_DATA) {
+			if (!smtpd_read_data(s, in))
+				break;
+			s->state = SMTPD_CMD;
+			smtpd_message_done(s);
+			continue;
+		}
+		if (s->state == SMTPD_BDAT) {
+			smtpd_read_bdat(s, in);
+			if (s->state == SMTPD_BDAT)
+				break;
+			continue;
+		}
+		/* SMTPD_CMD: one line, bounded */
+		struct evbuffer_ptr eol = evbuffer_search(in, "\n", 1, NULL);
+		if (eol.pos < 0) {
+			size_t have = evbuffer_get_length(in);
+			if (have >= SMTP_LINE_MAX) {
+				if (!s->discard_line) {
+					smtpd_reply(s, "500 5.5.2 Line too long");
+					s->errors++;
+				}
+				s->discard_line = 1;
+				evbuffer_drain(in, have);
+			}
+			break;
+		}
+		if (s->discard_line) {
+			evbuffer_drain(in, (size_t)eol.pos + 1);
+			s->discard_line = 0;
+			continue;
+		}
+		if ((size_t)eol.pos + 1 > SMTP_LINE_MAX) {
+			evbuffer_drain(in, (size_t)eol.pos + 1);
+			smtpd_reply(s, "500 5.5.2 Line too long");
+			s->errors++;
+			continue;
+		}
+		char line[SMTP_LINE_MAX + 1];
+		size_t len = (size_t)eol.pos;
+		evbuffer_remove(in, line, len + 1);
+		if (len > 0 && line[len - 1] == '\r')
+			len--;
+		line[len] = '\0';
+		smtpd_command(s, line, len);
+		if (s->errors >= SMTPD_MAX_ERRORS)
+			s->state = SMTPD_CLOSING;
+		if (s->state == SMTPD_BDAT || s->state == SMTPD_DATA)
+			continue;
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUT_MAX)
+			break;
+	}
+	if (s->state == SMTPD_CLOSING) {
+		bufferevent_disable(s->bev, EV_READ);
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+			smtpd_free(s);
+		return;
+	}
+	if (s->state != SMTPD_COMMIT) {
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUT_MAX)
+			bufferevent_disable(s->bev, EV_READ);
+		else
+			bufferevent_enable(s->bev, EV_READ);
+	}
+}
+
+static void smtpd_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct smtpd_session *s = arg;
+
+	(void)bev;
+	if (s->state == SMTPD_GREETING) {
+		/* Talking before the greeting: a spambot that does not wait. */
+		smtpd_reply(s, "554 5.5.0 Protocol error: talking before the greeting");
+		smtpd_log_row(s, "rejected", NULL, "554 5.5.0", "early talker");
+		s->state = SMTPD_CLOSING;
+		bufferevent_disable(s->bev, EV_READ);
+		return;
+	}
+	smtpd_process(s);
+}
+
+static void smtpd_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct smtpd_session *s = arg;
+
+	(void)bev;
+	if (s->state == SMTPD_CLOSING) {
+		smtpd_free(s);
+		return;
+	}
+	if (s->state != SMTPD_COMMIT && s->state != SMTPD_GREETING) {
+		bufferevent_enable(s->bev, EV_READ);
+		if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
+			smtpd_process(s);
+	}
+}
+
+static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct smtpd_session *s = arg;
+
+	(void)bev;
+	if (what & BEV_EVENT_TIMEOUT) {
+		if (s->state == SMTPD_COMMIT)
+			return;
+		smtpd_reply(s, "421 4.4.2 %s Timeout, closing connection", s->w->cfg->hostname);
+		smtpd_log_row(s, "rejected", NULL, "421 4.4.2", "timeout");
+		s->state = SMTPD_CLOSING;
+		bufferevent_disable(s->bev, EV_READ);
+		bufferevent_set_timeouts(s->bev, NULL, NULL);
+		{
+			struct timeval tv = { 5, 0 };
+			bufferevent_set_timeouts(s->bev, NULL, &tv);
+		}
+		bufferevent_enable(s->bev, EV_WRITE);
+		return;
+	}
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
+		if (s->state == SMTPD_COMMIT) {
+			/* the commit callback still owns it; it will notice on write */
+			return;
+		}
+		smtpd_free(s);
+	}
+}
+
+static void smtpd_free(struct smtpd_session *s)
+{
+	struct smtpd_worker *w = s->w;
+
+	if (s->state == SMTPD_COMMIT) {
+		/* never free a session inside the commit batch */
+		return;
+	}
+	smtpd_tx_reset(s);
+	if (s->greet_ev)
+		event_free(s->greet_ev);
+	if (s->bev)
+		bufferevent_free(s->bev);
+	conntable_del(w->ctx->conn_table, w->ctx->worker_id, s->conn_slot);
+	if (s->prev)
+		s->prev->next = s->next;
+	else
+		w->sessions = s->next;
+	if (s->next)
+		s->next->prev = s->prev;
+	w->n_sessions--;
+	free(s);
+	if (w->stopping && w->n_sessions == 0)
+		event_base_loopexit(w->base, NULL);
+}
+
+static void smtpd_greet(struct smtpd_session *s)
+{
+	struct timeval tv = { s->w->cfg->command_timeout, 0 };
+
+	s->state = SMTPD_CMD;
+	smtpd_reply(s, "220 %s ESMTP kale", s->w->cfg->hostname);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
+	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+}
+
+static void smtpd_greet_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_session *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->state == SMTPD_GREETING)
+		smtpd_greet(s);
+}
+
+static void smtpd_ip16(const struct sockaddr *sa, uint8_t ip[16], char *text, size_t cap)
+{
+	memset(ip, 0, 16);
+	if (sa->sa_family == AF_INET) {
+		const struct sockaddr_in *in = (const struct sockaddr_in *)sa;
+		ip[10] = ip[11] = 0xff;
+		memcpy(ip + 12, &in->sin_addr, 4);
+		inet_ntop(AF_INET, &in->sin_addr, text, (socklen_t)cap);
+	} else if (sa->sa_family == AF_INET6) {
+		const struct sockaddr_in6 *in6 = (const struct sockaddr_in6 *)sa;
+		memcpy(ip, &in6->sin6_addr, 16);
+		inet_ntop(AF_INET6, &in6->sin6_addr, text, (socklen_t)cap);
+	} else {
+		snprintf(text, cap, "unknown");
+	}
+}
+
+static void smtpd_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
+    struct sockaddr *sa, int salen, void *arg)
+{
+	struct smtpd_lctx *lc = arg;
+	struct kale_listener *l = lc->l;
+	struct smtpd_worker *w = lc->w;
+	struct smtpd_session *s;
+	uint8_t ip[16];
+	char text[INET6_ADDRSTRLEN];
+	int slot;
+	enum conntable_result cr;
+
+	(void)salen;
+	(void)lev;
+	smtpd_ip16(sa, ip, text, sizeof(text));
+	cr = conntable_add(w->ctx->conn_table, w->ctx->worker_id, ip,
+	    w->cfg->max_connections_per_ip, w->cfg->max_connections, &slot);
+	if (cr != CONNTABLE_OK || w->stopping) {
+		static const char total[] = "421 4.7.0 Too many connections, try again later\r\n";
+		static const char perip[] = "421 4.7.0 Too many connections from your host\r\n";
+		const char *msg = cr == CONNTABLE_PER_IP ? perip : total;
+		if (send(fd, msg, strlen(msg), MSG_NOSIGNAL | MSG_DONTWAIT) < 0) {
+		}
+		log_event(LOG_LVL_INFO, "smtp.limit", "client", text,
+		    "limit", cr == CONNTABLE_PER_IP ? "per_ip" : "total", NULL);
+		close(fd);
+		return;
+	}
+	s = xcalloc(1, sizeof(*s));
+	s->w = w;
+	s->kind = l->kind;
+	s->conn_slot = slot;
+	s->tx.fd = -1;
+	snprintf(s->ip, sizeof(s->ip), "%s", text);
+	s->trusted = store_network_match(w->st, sa) == 1;
+	if (l->implicit_tls && w->ctx->tls) {
+		SSL *ssl = SSL_new(w->ctx->tls);
+		s->bev = ssl ? bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
+		    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS) : NULL;
+		s->tls = 1;
+	} else {
+		s->bev = bufferevent_socket_new(w->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
+	}
+	if (s->bev == NULL) {
+		close(fd);
+		conntable_del(w->ctx->conn_table, w->ctx->worker_id, slot);
+		free(s);
+		return;
+	}
+	s->next = w->sessions;
+	if (w->sessions)
+		w->sessions->prev = s;
+	w->sessions = s;
+	w->n_sessions++;
+	bufferevent_setcb(s->bev, smtpd_read_cb, smtpd_write_cb, smtpd_event_cb, s);
+	bufferevent_setwatermark(s->bev, EV_READ, 0, 1024 * 1024);
+	if (w->cfg->greeting_delay > 0) {
+		struct timeval tv = { w->cfg->greeting_delay, 0 };
+		s->state = SMTPD_GREETING;
+		s->greet_ev = evtimer_new(w->base, smtpd_greet_cb, s);
+		evtimer_add(s->greet_ev, &tv);
+		bufferevent_enable(s->bev, EV_READ);
+	} else {
+		smtpd_greet(s);
+	}
+}
+
+/* ---------- worker ---------- */
+
+static void smtpd_flush_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	store_log_flush(w->st);
+}
+
+static void smtpd_stop_listening(struct smtpd_worker *w)
+{
+	for (int i = 0; i < w->n_lev; i++)
+		if (w->lev[i]) {
+			evconnlistener_free(w->lev[i]);
+			w->lev[i] = NULL;
+		}
+}
+
+static void smtpd_stop_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+
+	(void)fd;
+	(void)what;
+	event_base_loopexit(w->base, NULL);
+}
+
+/* SIGTERM/SIGINT: stop now. Sessions that finished DATA in this round get
+ * their commit first; everyone else is told 421 and the worker exits once
+ * the replies are written (at most 2 s). */
+static void smtpd_sigterm_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+	struct timeval tv = { 2, 0 };
+
+	(void)sig;
+	(void)what;
+	if (w->stopping == 2)
+		return;
+	w->stopping = 2;
+	smtpd_stop_listening(w);
+	if (w->commit_head)
+		smtpd_commit_cb(-1, 0, w);
+	for (struct smtpd_session *s = w->sessions, *next; s; s = next) {
+		next = s->next;
+		if (s->state == SMTPD_CLOSING)
+			continue;
+		smtpd_tx_reset(s);
+		smtpd_reply(s, "421 4.3.2 %s Service shutting down", w->cfg->hostname);
+		s->state = SMTPD_CLOSING;
+		bufferevent_disable(s->bev, EV_READ);
+	}
+	if (w->n_sessions == 0)
+		event_base_loopexit(w->base, NULL);
+	else
+		event_add(w->stop_ev, &tv);
+}
+
+/* SIGUSR2 (reload): stop accepting, let open sessions finish, then exit. */
+static void smtpd_sigusr2_cb(evutil_socket_t sig, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+	struct timeval tv = { w->cfg->command_timeout + 5, 0 };
+
+	(void)sig;
+	(void)what;
+	if (w->stopping)
+		return;
+	w->stopping = 1;
+	smtpd_stop_listening(w);
+	if (w->n_sessions == 0)
+		event_base_loopexit(w->base, NULL);
+	else
+		event_add(w->stop_ev, &tv);
+}
+
+int smtpd_main(struct kale_ctx *ctx)
+{
+	struct smtpd_worker w;
+	struct timeval flush_tv = { 1, 0 };
+	char *error = NULL;
+	char name[32];
+	int rc = 0;
+
+	memset(&w, 0, sizeof(w));
+	w.ctx = ctx;
+	w.cfg = ctx->cfg;
+	snprintf(name, sizeof(name), "smtpd%d", ctx->worker_id);
+	log_set_proc(name);
+	if (store_open(ctx->cfg, &w.st, &error) < 0) {
+		log_event(LOG_LVL_ERROR, "store.error", "error", error, NULL);
+		free(error);
+		return 1;
+	}
+	w.incoming_fd = open(QUEUE_DIR_INCOMING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (w.incoming_fd < 0) {
+		log_event(LOG_LVL_ERROR, "queue.error", "op", "open", "path", QUEUE_DIR_INCOMING,
+		    "error", strerror(errno), NULL);
+		store_close(&w.st);
+		return 1;
+	}
+	w.base = event_base_new();
+	event_base_priority_init(w.base, 2);
+	w.commit_ev = event_new(w.base, -1, 0, smtpd_commit_cb, &w);
+	event_priority_set(w.commit_ev, 1);
+	w.flush_ev = event_new(w.base, -1, EV_PERSIST, smtpd_flush_cb, &w);
+	event_add(w.flush_ev, &flush_tv);
+	w.stop_ev = evtimer_new(w.base, smtpd_stop_cb, &w);
+	w.sig_term = evsignal_new(w.base, SIGTERM, smtpd_sigterm_cb, &w);
+	w.sig_usr2 = evsignal_new(w.base, SIGUSR2, smtpd_sigusr2_cb, &w);
+	event_add(w.sig_term, NULL);
+	event_add(w.sig_usr2, NULL);
+	for (int i = 0; i < ctx->n_ls && w.n_lev < 16; i++) {
+		struct kale_listener *l = &ctx->ls[i];
+		if (l->kind != LISTEN_SMTP)
+			continue;
+		w.lctx[w.n_lev].w = &w;
+		w.lctx[w.n_lev].l = l;
+		w.lev[w.n_lev] = evconnlistener_new(w.base, smtpd_accept_cb, &w.lctx[w.n_lev],
+		    LEV_OPT_CLOSE_ON_EXEC, -1, l->fd);
+		if (w.lev[w.n_lev] == NULL) {
+			log_event(LOG_LVL_ERROR, "smtpd.error", "listener", l->name, NULL);
+			rc = 1;
+			goto out;
+		}
+		w.n_lev++;
+	}
+	log_event(LOG_LVL_INFO, "smtpd.start", NULL);
+	event_base_dispatch(w.base);
+out:
+	signal(SIGTERM, SIG_IGN);    /* a second TERM must not cut the clean-up short */
+	smtpd_stop_listening(&w);
+	while (w.sessions) {
+		w.sessions->state = SMTPD_CMD;
+		smtpd_free(w.sessions);
+	}
+	store_log_flush(w.st);
+	store_close(&w.st);
+	event_free(w.commit_ev);
+	event_free(w.flush_ev);
+	event_free(w.stop_ev);
+	event_free(w.sig_term);
+	event_free(w.sig_usr2);
+	event_base_free(w.base);
+	close(w.incoming_fd);
+	log_event(LOG_LVL_INFO, "smtpd.stop", NULL);
+	return rc;
+}

@@ -1,0 +1,124 @@
+/* store: the policy store (domains, users, aliases, trusted networks, mail
+ * log). The only module that speaks SQL to it; kaled's processes and kalectl
+ * all go through this API. SQLite (WAL) is the embedded engine. */
+#ifndef KALE_STORE_H
+#define KALE_STORE_H
+
+#include <stdint.h>
+#include <stdio.h>
+#include <sys/socket.h>
+
+struct kale_config;
+typedef struct store store;
+
+/* Opens the store named by cfg->db_url ("sqlite:PATH", PATH relative to
+ * cfg->data_dir), creating it if needed, and runs pending migrations.
+ * Returns 0, or -1 with a malloc'd *error_r. */
+int store_open(const struct kale_config *cfg, store **st_r, char **error_r);
+/* Flushes buffered log rows and closes; accepts NULL; sets *st to NULL. */
+void store_close(store **st);
+/* A handle is used by one thread at a time (its network cache and log batch
+ * are not locked); open one per thread or serialise calls. */
+
+/* ---- domains ---- */
+struct store_domain {
+	char name[256];       /* lower case */
+	int local;            /* 1 local Maildir delivery, 0 relay */
+	char relay[300];      /* relay: "HOST[:PORT]", "[v6]:PORT", "mx", "ldap:PROFILE"; "" for local */
+	char tls[16];         /* "opportunistic" (default) or "require" */
+	char verify[64];      /* verification profile name, "" = none */
+};
+/* 1 found (fills *d_r), 0 missing, -1 error. Name is matched case-insensitively. */
+int store_domain_get(store *st, const char *name, struct store_domain *d_r);
+int store_domain_add(store *st, const struct store_domain *d, char **error_r);
+int store_domain_set_verify(store *st, const char *name, const char *verify, char **error_r);
+int store_domain_del(store *st, const char *name, char **error_r);
+/* Calls cb for each domain in name order; stops early if cb returns non-zero. 0 ok, -1 error. */
+int store_domain_list(store *st, int (*cb)(void *ctx, const struct store_domain *d), void *ctx);
+/* Checks the form of a relay route: "HOST[:PORT]" (host name or IPv4),
+ * "[IPv6][:PORT]", "mx" or "ldap:PROFILE". 0 ok, -1 with a malloc'd *error_r.
+ * store_domain_add calls it too. (added by the store engineer) */
+int store_relay_check(const char *relay, char **error_r);
+
+/* ---- recipients ---- */
+/* Resolves ADDRESS (in a local domain) to final recipients: a user is itself;
+ * an alias expands (recursively, at most 10 levels, duplicates removed) to its
+ * targets, which may be local users or addresses elsewhere. A local part with
+ * "+ext" that is not itself known is retried without the extension.
+ * Returns the number of targets (>0) with a malloc'd array of malloc'd lower-case
+ * strings in *targets_r, 0 if the address is unknown, -1 on error. */
+int store_rcpt_resolve(store *st, const char *address, char ***targets_r, char **error_r);
+void store_targets_free(char **targets, int n);
+
+/* ---- users ---- */
+/* password may be NULL (no login; the mailbox still receives mail). The
+ * password is hashed with yescrypt (libcrypt); never stored in clear. */
+int store_user_add(store *st, const char *address, const char *password, char **error_r);
+int store_user_passwd(store *st, const char *address, const char *password, char **error_r);
+int store_user_del(store *st, const char *address, char **error_r);
+/* 1 exists, 0 missing, -1 error */
+int store_user_exists(store *st, const char *address);
+/* 1 password right, 0 wrong or no such user, -1 error. Constant-time compare. */
+int store_user_check_password(store *st, const char *address, const char *password);
+/* domain may be NULL for all users. */
+int store_user_list(store *st, const char *domain, int (*cb)(void *ctx, const char *address), void *ctx);
+/* Bulk import (kalectl user import). Lines "address[,password]"; blank lines,
+ * "#" comments and a header line "address,password" are skipped. Every good
+ * line is added in ONE transaction; each bad line (syntax, unknown or non-local
+ * domain, duplicate) is reported to line_error with its 1-based line number and
+ * skipped. progress (may be NULL) is called now and then with the current line.
+ * Passwords are hashed on all CPUs. Returns 0 (even with bad lines; see
+ * *bad_r), -1 if the import as a whole failed (nothing imported; *error_r).
+ * (added by the store engineer) */
+int store_user_import(store *st, FILE *csv,
+    void (*progress)(void *ctx, long line), void *ctx,
+    void (*line_error)(void *ctx, long line, const char *msg), void *ctx2,
+    long *ok_r, long *bad_r, char **error_r);
+
+/* ---- aliases ---- */
+/* targets: comma separated addresses. */
+int store_alias_add(store *st, const char *address, const char *targets, char **error_r);
+int store_alias_del(store *st, const char *address, char **error_r);
+int store_alias_list(store *st, int (*cb)(void *ctx, const char *address, const char *targets), void *ctx);
+
+/* ---- trusted networks ---- */
+int store_network_add(store *st, const char *cidr, char **error_r);
+int store_network_del(store *st, const char *cidr, char **error_r);
+int store_network_list(store *st, int (*cb)(void *ctx, const char *cidr), void *ctx);
+/* 1 if the address is inside a trusted network, 0 if not, -1 on error. Kept
+ * in memory and reloaded when the store changed (cheap to call per session). */
+int store_network_match(store *st, const struct sockaddr *sa);
+
+/* ---- mail log ---- */
+struct store_log_row {
+	int64_t ts;            /* unix time, seconds; 0 = now */
+	const char *qid;       /* any field may be NULL */
+	const char *client;    /* client IP */
+	const char *helo;
+	const char *sender;
+	const char *rcpt;
+	const char *action;    /* accepted rejected deferred delivered bounced expired ... */
+	const char *code;      /* e.g. "550 5.1.1" */
+	const char *reason;
+	const char *profile;
+	const char *relay;     /* next hop / mailbox */
+	int64_t size;
+	int64_t delay_ms;
+};
+/* Copies the row into an in-memory batch; never blocks on SQL unless the
+ * batch holds 500 rows, then flushes. */
+void store_log_add(store *st, const struct store_log_row *row);
+/* Writes the batch in one transaction. 0 ok, -1 error (rows kept for retry,
+ * dropped past 10,000). */
+int store_log_flush(store *st);
+
+struct store_log_query {
+	const char *from, *to, *ip, *action; /* NULL = any; from/to match substrings */
+	int64_t since;                       /* unix seconds, 0 = any */
+	int limit;                           /* 0 = 100 */
+};
+/* Newest first. The row's strings are valid only during the callback. */
+int store_log_search(store *st, const struct store_log_query *q,
+    int (*cb)(void *ctx, const struct store_log_row *row), void *ctx);
+
+#endif
