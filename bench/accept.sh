@@ -27,7 +27,7 @@ for arg in "$@"; do
     quick) QUICK=1 ;;
     postfix | kale | both) WHICH=$arg ;;
     -h | --help)
-        sed -n '2,16p' "$0" | sed 's/^# \{0,1\}//'
+        sed -n '2,14p' "$0" | sed 's/^# \{0,1\}//'
         exit 0
         ;;
     *)
@@ -53,7 +53,7 @@ BENCH_UID=$(id -u nobody)
 BENCH_GID=$(id -g nobody)
 
 for v in N SIZE SESSIONS TIMEOUT; do
-    eval "val=\$$v"
+    val=${!v}
     case "$val" in
     '' | *[!0-9]*)
         echo "accept.sh: $v must be a positive integer" >&2
@@ -94,11 +94,11 @@ pf_master_pid() {
 
 stop_postfix() {
     [ "$PF_STARTED" = 1 ] || return 0
-    local pid i
+    local pid
     pid=$(pf_master_pid || true)
     postfix -c "$PF_DIR/etc" stop >/dev/null 2>&1 || true
     if [ -n "$pid" ]; then
-        for i in $(seq 1 100); do
+        for _ in $(seq 1 100); do
             kill -0 "$pid" 2>/dev/null || break
             sleep 0.1
         done
@@ -112,20 +112,23 @@ stop_postfix() {
 
 stop_kale() {
     [ -n "$KALE_PID" ] || return 0
-    local i
+    local kids
+    kids=$(ps -o pid= --ppid "$KALE_PID" 2>/dev/null | tr '\n' ' ')
     kill -TERM "$KALE_PID" 2>/dev/null || true
-    for i in $(seq 1 150); do
+    for _ in $(seq 1 150); do
         kill -0 "$KALE_PID" 2>/dev/null || break
         sleep 0.1
     done
     if kill -0 "$KALE_PID" 2>/dev/null; then
         log "kaled $KALE_PID did not stop within 15 s; killing it"
-        kill -KILL "$KALE_PID" 2>/dev/null || true
+        # shellcheck disable=SC2086 # a list of pids
+        kill -KILL "$KALE_PID" $kids 2>/dev/null || true
     fi
     wait "$KALE_PID" 2>/dev/null || true
     KALE_PID=""
 }
 
+# shellcheck disable=SC2317 # invoked by the EXIT trap
 cleanup() {
     local rc=$?
     set +e
@@ -136,7 +139,7 @@ cleanup() {
     stop_postfix
     stop_kale
     for d in "$PF_DIR" "$KALE_DIR"; do
-        [ -n "$d" ] && [ -d "$d" ] || continue
+        if [ -z "$d" ] || [ ! -d "$d" ]; then continue; fi
         if [ "$KEEP" = 1 ] || [ "$FAILED" = 1 ]; then
             log "kept $d (logs, queue, Maildir)"
         else
@@ -170,18 +173,46 @@ count_files() { # Maildir: files in new/ and cur/
     local n=0 d c
     for d in "$1/new" "$1/cur"; do
         [ -d "$d" ] || continue
-        c=$(ls -AU "$d" 2>/dev/null | wc -l) # unsorted: cheap on 20,000 entries
+        # shellcheck disable=SC2012 # Maildir names are plain; unsorted ls is cheap
+        c=$(ls -AU "$d" 2>/dev/null | wc -l)
         n=$((n + c))
     done
     echo "$n"
 }
 
-# run_one NAME PORT MAILDIR: drive smtp-source, wait for the Maildir, set
-# R_ACCEPT_S, R_E2E_S (empty on timeout), R_DELIVERED.
+CLK_TCK=$(getconf CLK_TCK)
+
+# CPU seconds (user + sys, own + reaped children) of a server: its master
+# process and the master's live children (both servers fork only from there).
+tree_cpu() { # master pid
+    local pids p
+    pids="$1 $(ps -o pid= --ppid "$1" 2>/dev/null | tr '\n' ' ')"
+    for p in $pids; do
+        # fields after the ")" that ends comm: utime is the 12th, cstime the 15th
+        sed 's/.*) //' "/proc/$p/stat" 2>/dev/null || true
+    done | awk -v hz="$CLK_TCK" '{ t += $12 + $13 + $14 + $15 } END { printf "%.2f", t / hz }'
+}
+
+# CPU seconds of this shell's reaped children (smtp-source, once waited for),
+# into variable CHILD_CPU. `times` must run in this shell, not in $(...).
+children_cpu() {
+    times >"$1"
+    CHILD_CPU=$(awk 'NR == 2 {
+        n = split($0, f, " "); t = 0
+        for (i = 1; i <= n; i++) { split(f[i], ms, "m"); sub("s", "", ms[2]); t += ms[1] * 60 + ms[2] }
+        printf "%.2f", t }' "$1")
+}
+
+# run_one NAME PORT MAILDIR OUTFILE MASTERPID: drive smtp-source, wait for the
+# Maildir, set R_ACCEPT_S, R_E2E_S (empty on timeout), R_DELIVERED, R_SRC_CPU
+# (smtp-source CPU s) and R_SRV_CPU (server CPU s from start to the last
+# delivery or timeout).
 run_one() {
-    local name=$1 port=$2 maildir=$3 out t0 t1 t2 n deadline rc
-    out="$4"
+    local name=$1 port=$2 maildir=$3 out=$4 mpid=$5 t0 t1 t2 n deadline rc c0 s0
     log "$name: smtp-source -s $SESSIONS -m $N -l $SIZE -> 127.0.0.1:$port"
+    s0=$(tree_cpu "$mpid")
+    children_cpu "$out.times"
+    c0=$CHILD_CPU
     t0=$(now)
     rc=0
     "$SMTP_SOURCE" -4 -s "$SESSIONS" -m "$N" -l "$SIZE" -M client.test \
@@ -191,6 +222,8 @@ run_one() {
     wait "$SRC_PID" || rc=$? # a trapped signal interrupts this wait at once
     SRC_PID=""
     t1=$(now)
+    children_cpu "$out.times"
+    R_SRC_CPU=$(awk -v a="$c0" -v b="$CHILD_CPU" 'BEGIN { printf "%.1f", b - a }')
     if [ "$rc" != 0 ]; then
         cat "$out" >&2
         die "$name: smtp-source failed (exit $rc); see above"
@@ -208,11 +241,13 @@ run_one() {
         fi
         if [ "$(date +%s)" -ge "$deadline" ]; then
             log "$name: TIMEOUT after ${TIMEOUT}s: only $n of $N messages delivered"
+            FAILED=1 # keep the temp dirs for a look
             break
         fi
         sleep 0.1
     done
     R_DELIVERED=$n
+    R_SRV_CPU=$(awk -v a="$s0" -v b="$(tree_cpu "$mpid")" 'BEGIN { printf "%.1f", b - a }')
     if [ -n "$R_E2E_S" ]; then
         log "$name: all $N messages delivered after ${R_E2E_S}s"
     fi
@@ -324,7 +359,10 @@ EOF
     PF_STARTED=1
     wait_port "$port" 20 || die "postfix smtpd did not listen on $port"
 
-    run_one postfix "$port" "$PF_DIR/mail/bench.test/user" "$PF_DIR/smtp-source.out"
+    run_one postfix "$port" "$PF_DIR/mail/bench.test/user" "$PF_DIR/smtp-source.out" \
+        "$(pf_master_pid)"
+    PF_SRC_CPU=$R_SRC_CPU
+    PF_SRV_CPU=$R_SRV_CPU
     PF_ACCEPT=$R_ACCEPT_S
     PF_E2E=$R_E2E_S
     PF_DELIVERED=$R_DELIVERED
@@ -338,8 +376,9 @@ EOF
 # ---------------------------------------------------------------- kale
 bench_kale() {
     local port conf
-    [ -x "$BUILD/kaled" ] && [ -x "$BUILD/kalectl" ] ||
+    if [ ! -x "$BUILD/kaled" ] || [ ! -x "$BUILD/kalectl" ]; then
         die "$BUILD/kaled or kalectl missing: build kale first (make)"
+    fi
     port=$(free_port)
     KALE_DIR=$(mktemp -d "$BENCH_TMP/kale-bench-kale.XXXXXX")
     chmod 755 "$KALE_DIR"
@@ -376,7 +415,10 @@ EOF
         die "kaled did not listen on $port"
     fi
 
-    run_one kale "$port" "$KALE_DIR/var/mail/bench.test/user" "$KALE_DIR/smtp-source.out"
+    run_one kale "$port" "$KALE_DIR/var/mail/bench.test/user" "$KALE_DIR/smtp-source.out" \
+        "$KALE_PID"
+    KALE_SRC_CPU=$R_SRC_CPU
+    KALE_SRV_CPU=$R_SRV_CPU
     KALE_ACCEPT=$R_ACCEPT_S
     KALE_E2E=$R_E2E_S
     KALE_DELIVERED=$R_DELIVERED
@@ -399,15 +441,24 @@ printf 'accept.sh: %d messages x %d bytes, 1 recipient, %d sessions, new connect
     "$N" "$SIZE" "$SESSIONS"
 printf 'machine: nproc %s, load average %s at start, %s at end (other work skews the figures)\n' \
     "$(nproc)" "$LOAD_START" "$(loadavg)"
-printf '%-8s %10s %12s %10s %12s %10s\n' server accept_s accept_msg/s e2e_s e2e_msg/s delivered
+row() { # name accept_s e2e_s delivered server_cpu_s source_cpu_s
+    local per="-"
+    if [ -n "$3" ]; then
+        per=$(awk -v c="$5" -v n="$N" 'BEGIN { printf "%.2f", 1000 * c / n }')
+    fi
+    printf '%-8s %9s %10s %9s %10s %12s %10s %8s %10s\n' "$1" "$2" "$(rate "$N" "$2")" \
+        "${3:-TIMEOUT}" "$(rate "$N" "$3")" "$4/$N" "$5" "$per" "$6"
+}
+printf '%-8s %9s %10s %9s %10s %12s %10s %8s %10s\n' server accept_s accept/s e2e_s e2e/s \
+    delivered srv_cpu_s cpu_ms/m src_cpu_s
 if [ "$WHICH" != kale ]; then
-    printf '%-8s %10s %12s %10s %12s %10s\n' postfix "$PF_ACCEPT" "$(rate "$N" "$PF_ACCEPT")" \
-        "${PF_E2E:-TIMEOUT}" "$(rate "$N" "$PF_E2E")" "$PF_DELIVERED/$N"
+    row postfix "$PF_ACCEPT" "$PF_E2E" "$PF_DELIVERED" "$PF_SRV_CPU" "$PF_SRC_CPU"
 fi
 if [ "$WHICH" != postfix ]; then
-    printf '%-8s %10s %12s %10s %12s %10s\n' kale "$KALE_ACCEPT" "$(rate "$N" "$KALE_ACCEPT")" \
-        "${KALE_E2E:-TIMEOUT}" "$(rate "$N" "$KALE_E2E")" "$KALE_DELIVERED/$N"
+    row kale "$KALE_ACCEPT" "$KALE_E2E" "$KALE_DELIVERED" "$KALE_SRV_CPU" "$KALE_SRC_CPU"
 fi
+echo "(accept/s, e2e/s: msgs/s; srv_cpu_s: server CPU s, user+sys, until the last delivery;"
+echo " cpu_ms/m: server CPU ms per message; src_cpu_s: smtp-source CPU s)"
 if [ "$WHICH" = both ]; then
     ratio() { # postfix seconds / kale seconds = kale rate / postfix rate
         if [ -z "$1" ] || [ -z "$2" ]; then

@@ -323,8 +323,10 @@ int imap_mbox_scan(struct imap_mbox *mb, size_t *recent_r, const char **error_r)
 	closedir(d);
 
 	/* match files to uid list entries by base name */
-	qsort(ents, n_ents, sizeof(*ents), imap_ent_cmp_base);
-	qsort(msgs, n, sizeof(*msgs), imap_msg_cmp_base);
+	if (n_ents > 1)
+		qsort(ents, n_ents, sizeof(*ents), imap_ent_cmp_base);
+	if (n > 1)
+		qsort(msgs, n, sizeof(*msgs), imap_msg_cmp_base);
 	size_t i = 0, j = 0, k = 0;
 	size_t n_new = 0;
 	while (i < n) {
@@ -365,7 +367,8 @@ int imap_mbox_scan(struct imap_mbox *mb, size_t *recent_r, const char **error_r)
 			msgs[i].uid = next++;
 		}
 	}
-	qsort(msgs, n, sizeof(*msgs), imap_msg_cmp_uid);
+	if (n > 1)
+		qsort(msgs, n, sizeof(*msgs), imap_msg_cmp_uid);
 	if (changed && imap_ul_write(mb->path, uv, next, msgs, n) < 0) {
 		*error_r = "cannot write the uid list";
 		goto out;
@@ -869,7 +872,8 @@ int imap_folder_list(const char *root, char ***names_r, size_t *n_r)
 		}
 		closedir(d);
 	}
-	qsort(v + 1, n - 1, sizeof(*v), imap_name_cmp);
+	if (n > 2)
+		qsort(v + 1, n - 1, sizeof(*v), imap_name_cmp);
 	*names_r = v;
 	*n_r = n;
 	return 0;

@@ -70,10 +70,50 @@ static int pop3_mbox_size_fd(int fd, uint64_t *size_r)
 	return 0;
 }
 
+/* Compares names with digit runs taken as numbers, so that Maildir names
+ * ("<sec>.M<usec>P<pid>Q<n>.<host>", unpadded) sort in delivery order. */
+int pop3_mbox_name_cmp(const char *a, const char *b)
+{
+	while (*a != '\0' && *b != '\0') {
+		if (*a >= '0' && *a <= '9' && *b >= '0' && *b <= '9') {
+			const char *ea, *eb;
+			size_t la, lb;
+			int c;
+
+			while (*a == '0' && a[1] >= '0' && a[1] <= '9')
+				a++;
+			while (*b == '0' && b[1] >= '0' && b[1] <= '9')
+				b++;
+			for (ea = a; *ea >= '0' && *ea <= '9'; ea++)
+				;
+			for (eb = b; *eb >= '0' && *eb <= '9'; eb++)
+				;
+			la = (size_t)(ea - a);
+			lb = (size_t)(eb - b);
+			if (la != lb)
+				return la < lb ? -1 : 1;
+			if ((c = memcmp(a, b, la)) != 0)
+				return c;
+			a = ea;
+			b = eb;
+			continue;
+		}
+		if (*a != *b)
+			return (unsigned char)*a < (unsigned char)*b ? -1 : 1;
+		a++;
+		b++;
+	}
+	if (*a == *b)
+		return 0;
+	return *a == '\0' ? -1 : 1;
+}
+
 static int pop3_mbox_cmp(const void *a, const void *b)
 {
 	const struct pop3_msg *x = a, *y = b;
-	int c = strcmp(x->uid, y->uid);
+	int c = pop3_mbox_name_cmp(x->uid, y->uid);
+	if (c == 0)
+		c = strcmp(x->uid, y->uid);
 	if (c != 0)
 		return c;
 	return x->in_new - y->in_new; /* cur/ first: it is the newer state */

@@ -26,8 +26,8 @@ struct pop3_mbox {
 
 /* Scans dir/new and dir/cur, sizing every message (the CRLF size is
  * computed by reading each file). A missing Maildir is an empty mailbox.
- * Messages are ordered by file name (delivery time first). 0 ok, -1 with a
- * static *error_r. */
+ * Messages are ordered by name with numbers compared as numbers, which is
+ * delivery order for Maildir names. 0 ok, -1 with a static *error_r. */
 int pop3_mbox_open(const char *dir, struct pop3_mbox **mb_r, const char **error_r);
 void pop3_mbox_free(struct pop3_mbox **mb);
 
@@ -47,6 +47,10 @@ int pop3_mbox_mark_seen(struct pop3_mbox *mb, uint32_t i);
  * fine), then moves the remaining ones still in new/ to cur/ (":2,").
  * Returns the number deleted; *failed_r counts deletions that failed. */
 uint32_t pop3_mbox_commit(struct pop3_mbox *mb, uint32_t *failed_r);
+
+/* Name order for messages: digit runs compare as numbers ("a9" < "a10");
+ * equal only for equal strings, apart from leading zeros. */
+int pop3_mbox_name_cmp(const char *a, const char *b);
 
 /* Returns "cur/" or "new/" + the name with S added to the ":2," flags
  * (kept sorted, as Maildir wants), into out. -1 if it does not fit. */

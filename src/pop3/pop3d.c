@@ -64,6 +64,7 @@ struct pop3d_session {
 	int skipping;                  /* discarding the rest of an overlong line */
 	int busy;                      /* a failed-login delay runs */
 	struct event *delay;
+	struct event *login_deadline;  /* AUTHORIZATION lasts at most 2 x command_timeout */
 	int xfer_fd;                   /* message being sent by RETR/TOP, or -1 */
 	struct pop3_xfer xfer;
 	uint32_t retrieved;
@@ -85,7 +86,7 @@ struct pop3d {
 	int log_dirty;
 	struct pop3d_listener *lis;
 	int n_lis;
-	struct event *ev_term, *ev_int, *ev_flush, *ev_stop;
+	struct event *ev_term, *ev_flush, *ev_stop;
 	struct pop3d_sessions sessions;
 	int n_sessions;
 	int stopping;
@@ -174,6 +175,8 @@ static void pop3d_session_free(struct pop3d_session *s)
 		close(s->xfer_fd);
 	if (s->delay != NULL)
 		event_free(s->delay);
+	if (s->login_deadline != NULL)
+		event_free(s->login_deadline);
 	pop3_mbox_free(&s->mb);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
@@ -365,7 +368,7 @@ static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 		pop3d_err(s, "USER first");
 		return;
 	}
-	rc = store_user_check_password(s->srv->st, s->user, cmd->arg);fprintf(stderr,"DBG [%s] [%s] %d\n", s->user, cmd->arg, rc);
+	rc = store_user_check_password(s->srv->st, s->user, cmd->arg);
 	explicit_bzero(cmd->arg, sizeof(cmd->arg));
 	if (rc < 0) {
 		log_event(LOG_LVL_ERROR, "pop3.auth_error", "user", s->user, "client", s->ip, NULL);
@@ -399,6 +402,8 @@ static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 	}
 	memcpy(s->login, s->user, sizeof(s->login));
 	s->state = POP3D_ST_TRANS;
+	if (s->login_deadline != NULL)
+		event_del(s->login_deadline);
 	pop3_mbox_stat(s->mb, &count, &size);
 	log_event(LOG_LVL_INFO, "pop3.login", "user", s->login, "client", s->ip,
 	    "tls", s->tls ? "yes" : "no", NULL);
@@ -705,12 +710,30 @@ static void pop3d_on_event(struct bufferevent *bev, short what, void *arg)
 		if (e != 0) {
 			char buf[256];
 			ERR_error_string_n(e, buf, sizeof(buf));
-			log_event(LOG_LVL_INFO, "pop3.tls_error", "client", s->ip, "error", buf, NULL);
+			log_event(LOG_LVL_DEBUG, "pop3.tls_error", "client", s->ip, "error", buf, NULL);
 		}
 	}
 	/* EOF, error or write timeout: the session ends without UPDATE, so
 	 * nothing marked with DELE is removed (RFC 1939 section 6). */
 	pop3d_session_free(s);
+}
+
+/* A client that trickles bytes keeps resetting the idle timeout; before
+ * login, the whole AUTHORIZATION state is bounded too. */
+static void pop3d_on_login_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct pop3d_session *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->state != POP3D_ST_AUTH)
+		return;
+	log_event(LOG_LVL_INFO, "pop3.login_timeout", "client", s->ip, NULL);
+	if (!s->tls_pending)
+		pop3d_printf(s, "-ERR [SYS/TEMP] login timeout");
+	s->tls_pending = 0;
+	pop3d_close(s);
+	pop3d_after(s);
 }
 
 /* ---- listeners ---- */
@@ -797,6 +820,11 @@ static void pop3d_on_accept(struct evconnlistener *l, evutil_socket_t fd,
 	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
 	srv->n_sessions++;
 	pop3d_bev_setup(s);
+	s->login_deadline = evtimer_new(srv->base, pop3d_on_login_deadline, s);
+	if (s->login_deadline != NULL) {
+		struct timeval tv = { 2 * (cfg->command_timeout > 0 ? cfg->command_timeout : 300), 0 };
+		evtimer_add(s->login_deadline, &tv);
+	}
 	log_event(LOG_LVL_DEBUG, "pop3.connect", "client", ip, "listener", s->listener, NULL);
 	pop3d_printf(s, "+OK %s POP3 server ready",
 	    cfg->hostname != NULL ? cfg->hostname : "kale");
@@ -931,10 +959,9 @@ int pop3d_main(struct kale_ctx *ctx)
 		    "tls", kl->kind == LISTEN_POP3S ? "implicit" : "stls", NULL);
 	}
 	srv.ev_term = evsignal_new(srv.base, SIGTERM, pop3d_on_signal, &srv);
-	srv.ev_int = evsignal_new(srv.base, SIGINT, pop3d_on_signal, &srv);
 	srv.ev_flush = event_new(srv.base, -1, EV_PERSIST, pop3d_on_flush, &srv);
-	if (srv.ev_term == NULL || srv.ev_int == NULL || srv.ev_flush == NULL ||
-	    evsignal_add(srv.ev_term, NULL) < 0 || evsignal_add(srv.ev_int, NULL) < 0 ||
+	if (srv.ev_term == NULL || srv.ev_flush == NULL ||
+	    evsignal_add(srv.ev_term, NULL) < 0 ||
 	    event_add(srv.ev_flush, &one) < 0) {
 		log_event(LOG_LVL_ERROR, "pop3.event_failed", NULL);
 		goto cleanup;
@@ -953,8 +980,6 @@ cleanup:
 	xfree(&srv.lis);
 	if (srv.ev_term != NULL)
 		event_free(srv.ev_term);
-	if (srv.ev_int != NULL)
-		event_free(srv.ev_int);
 	if (srv.ev_flush != NULL)
 		event_free(srv.ev_flush);
 	if (srv.ev_stop != NULL)

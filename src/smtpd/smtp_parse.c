@@ -718,6 +718,16 @@ params:
 	return 0;
 }
 
+int smtp_parse_path(const char *arg, int is_mail, struct smtp_path *p, const char **error_r)
+{
+	if (path_parse(arg, is_mail, p, error_r) < 0) {
+		/* nothing half-parsed (e.g. a partly decoded ENVID) survives */
+		memset(p, 0, sizeof(*p));
+		return -1;
+	}
+	return 0;
+}
+
 /* ---- HELO ---- */
 
 int smtp_parse_helo(const char *arg)
@@ -959,14 +969,4 @@ void smtp_bdat_last(struct smtp_data *d, smtp_data_out_fn *out, void *ctx)
 	}
 	d->state = DS_DONE;
 	data_flush(&o);
-}
-
-int smtp_parse_path(const char *arg, int is_mail, struct smtp_path *p, const char **error_r)
-{
-	if (path_parse(arg, is_mail, p, error_r) < 0) {
-		/* nothing half-parsed (e.g. a partly decoded ENVID) survives */
-		memset(p, 0, sizeof(*p));
-		return -1;
-	}
-	return 0;
 }

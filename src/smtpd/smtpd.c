@@ -9,6 +9,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 #include <arpa/inet.h>
@@ -83,6 +84,8 @@ struct smtpd_session {
 	struct smtpd_worker *w;
 	struct bufferevent *bev;
 	struct event *greet_ev;
+	struct event *close_ev;    /* waits for TLS output to reach the socket */
+	int close_tries;
 	enum smtpd_state state;
 	enum kale_listen_kind kind;
 	int conn_slot;
@@ -122,6 +125,7 @@ static void smtpd_write_cb(struct bufferevent *bev, void *arg);
 static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg);
 static void smtpd_process(struct smtpd_session *s);
 static void smtpd_free(struct smtpd_session *s);
+static void smtpd_close(struct smtpd_session *s);
 
 /* ---------- replies and logging ---------- */
 
@@ -598,6 +602,19 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 		smtpd_reject(s, addr, "554 5.7.1 Relay access denied");
 		return;
 	}
+	/* An address reached twice (directly and through an alias) gets one copy. */
+	for (int i = 0; i < n; i++) {
+		int dup = 0;
+		for (int r = 0; r < tx->n_rcpt && !dup; r++)
+			for (int t = 0; t < tx->rcpt[r].n_targets && !dup; t++)
+				dup = strcasecmp(tx->rcpt[r].targets[t], targets[i]) == 0;
+		for (int j = 0; j < i && !dup; j++)
+			dup = strcasecmp(targets[j], targets[i]) == 0;
+		if (dup) {
+			free(targets[i]);
+			targets[i--] = targets[--n];
+		}
+	}
 	if (tx->n_targets + n > s->w->cfg->max_recipients) {
 		store_targets_free(targets, n);
 		smtpd_reject(s, addr, "452 4.5.3 Too many recipients");
@@ -689,8 +706,11 @@ static void smtpd_bdat_chunk_done(struct smtpd_session *s)
 		return;
 	}
 	if (tx->data.too_big) {
+		/* Every further chunk of this message is read and refused the same
+		 * way until LAST (a pipelining client has sent them already). */
 		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
-		smtpd_tx_reset(s);
+		if (tx->bdat_last)
+			smtpd_tx_reset(s);
 		return;
 	}
 	if (!tx->bdat_last) {
@@ -870,8 +890,17 @@ static void smtpd_process(struct smtpd_session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
-	while (evbuffer_get_length(in) > 0) {
+	for (;;) {
 		if (s->state == SMTPD_COMMIT || s->state == SMTPD_CLOSING || s->state == SMTPD_GREETING)
+			break;
+		if (s->state == SMTPD_BDAT) {
+			/* before the length test: "BDAT 0 LAST" has no bytes to wait for */
+			smtpd_read_bdat(s, in);
+			if (s->state == SMTPD_BDAT)
+				break;
+			continue;
+		}
+		if (evbuffer_get_length(in) == 0)
 			break;
 		if (s->state == SMTPD_DATA) {
 			if (!smtpd_read_data(s, in))
@@ -880,14 +909,9 @@ static void smtpd_process(struct smtpd_session *s)
 			smtpd_message_done(s);
 			continue;
 		}
-		if (s->state == SMTPD_BDAT) {
-			smtpd_read_bdat(s, in);
-			if (s->state == SMTPD_BDAT)
-				break;
-			continue;
-		}
-		/* SMTPD_CMD: one line, bounded */
-		struct evbuffer_ptr eol = evbuffer_search(in, "\n", 1, NULL);
+		/* SMTPD_CMD: one line, bounded. Only CRLF ends a command line: a
+		 * bare CR or LF inside it makes it one bad command, not two. */
+		struct evbuffer_ptr eol = evbuffer_search(in, "\r\n", 2, NULL);
 		if (eol.pos < 0) {
 			size_t have = evbuffer_get_length(in);
 			if (have >= SMTP_LINE_MAX) {
@@ -896,26 +920,25 @@ static void smtpd_process(struct smtpd_session *s)
 					s->errors++;
 				}
 				s->discard_line = 1;
-				evbuffer_drain(in, have);
+				/* keep a trailing CR: its LF may come in the next read */
+				evbuffer_drain(in, have - 1);
 			}
 			break;
 		}
 		if (s->discard_line) {
-			evbuffer_drain(in, (size_t)eol.pos + 1);
+			evbuffer_drain(in, (size_t)eol.pos + 2);
 			s->discard_line = 0;
 			continue;
 		}
-		if ((size_t)eol.pos + 1 > SMTP_LINE_MAX) {
-			evbuffer_drain(in, (size_t)eol.pos + 1);
+		if ((size_t)eol.pos + 2 > SMTP_LINE_MAX) {
+			evbuffer_drain(in, (size_t)eol.pos + 2);
 			smtpd_reply(s, "500 5.5.2 Line too long");
 			s->errors++;
 			continue;
 		}
 		char line[SMTP_LINE_MAX + 1];
 		size_t len = (size_t)eol.pos;
-		evbuffer_remove(in, line, len + 1);
-		if (len > 0 && line[len - 1] == '\r')
-			len--;
+		evbuffer_remove(in, line, len + 2);
 		line[len] = '\0';
 		smtpd_command(s, line, len);
 		if (s->errors >= SMTPD_MAX_ERRORS)
@@ -927,8 +950,7 @@ static void smtpd_process(struct smtpd_session *s)
 	}
 	if (s->state == SMTPD_CLOSING) {
 		bufferevent_disable(s->bev, EV_READ);
-		if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-			smtpd_free(s);
+		smtpd_close(s);
 		return;
 	}
 	if (s->state != SMTPD_COMMIT) {
@@ -936,6 +958,45 @@ static void smtpd_process(struct smtpd_session *s)
 			bufferevent_disable(s->bev, EV_READ);
 		else
 			bufferevent_enable(s->bev, EV_READ);
+	}
+}
+
+/* Bytes not yet handed to the kernel: with TLS, the filter's output moves
+ * into the underlying socket bufferevent before it is sent. */
+static size_t smtpd_out_pending(struct smtpd_session *s)
+{
+	struct bufferevent *under = bufferevent_get_underlying(s->bev);
+	size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
+
+	if (under)
+		n += evbuffer_get_length(bufferevent_get_output(under));
+	return n;
+}
+
+static void smtpd_close_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_session *s = arg;
+	struct timeval tv = { 0, 20000 };
+
+	(void)fd;
+	(void)what;
+	if (smtpd_out_pending(s) == 0 || ++s->close_tries > 250) {
+		smtpd_free(s);
+		return;
+	}
+	evtimer_add(s->close_ev, &tv);
+}
+
+/* Frees the session once its last reply has left. */
+static void smtpd_close(struct smtpd_session *s)
+{
+	if (smtpd_out_pending(s) == 0) {
+		smtpd_free(s);
+		return;
+	}
+	if (s->close_ev == NULL) {
+		s->close_ev = evtimer_new(s->w->base, smtpd_close_cb, s);
+		smtpd_close_cb(-1, 0, s);
 	}
 }
 
@@ -961,7 +1022,7 @@ static void smtpd_write_cb(struct bufferevent *bev, void *arg)
 
 	(void)bev;
 	if (s->state == SMTPD_CLOSING) {
-		smtpd_free(s);
+		smtpd_close(s);
 		return;
 	}
 	if (s->state != SMTPD_COMMIT && s->state != SMTPD_GREETING) {
@@ -979,6 +1040,11 @@ static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_TIMEOUT) {
 		if (s->state == SMTPD_COMMIT)
 			return;
+		if (s->state == SMTPD_CLOSING) {
+			/* the peer does not even take our last reply */
+			smtpd_free(s);
+			return;
+		}
 		smtpd_reply(s, "421 4.4.2 %s Timeout, closing connection", s->w->cfg->hostname);
 		smtpd_log_row(s, "rejected", NULL, "421 4.4.2", "timeout");
 		s->state = SMTPD_CLOSING;
@@ -1011,6 +1077,8 @@ static void smtpd_free(struct smtpd_session *s)
 	smtpd_tx_reset(s);
 	if (s->greet_ev)
 		event_free(s->greet_ev);
+	if (s->close_ev)
+		event_free(s->close_ev);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	conntable_del(w->ctx->conn_table, w->ctx->worker_id, s->conn_slot);

@@ -172,11 +172,23 @@ def pid_alive(pid):
         return True
 
 
+def make_traversable(path):
+    """As root, kaled's children run as nobody: pytest's private temp folders
+    (0700) must let them through to the node's data_dir. SQLite opens its
+    database by absolute path, so every ancestor needs the x bit."""
+    if os.geteuid() != 0:
+        return
+    p = os.path.abspath(str(path))
+    while p not in ("/", "/tmp"):
+        st = os.stat(p)
+        os.chmod(p, (st.st_mode & 0o7777) | 0o755)
+        p = os.path.dirname(p)
+
+
 @pytest.fixture
 def kale_node(tmp_path):
     """A configured, not yet started node with example.test and alice."""
-    if os.geteuid() == 0:
-        os.chmod(str(tmp_path), 0o755)
+    make_traversable(tmp_path)
     k = Kale(tmp_path)
     k.ctl("domain", "add", "example.test", "--local")
     k.ctl("user", "add", "alice@example.test", "--password-stdin", input="alice-secret\n")
@@ -422,9 +434,7 @@ def kale_factory(tmp_path):
              before_ctl=None, start=True, listeners=("smtp",), name="n"):
         d = tmp_path / name
         d.mkdir()
-        if os.geteuid() == 0:
-            os.chmod(str(tmp_path), 0o755)
-            os.chmod(str(d), 0o755)
+        make_traversable(d)
         k = Kale(d, extra_conf=extra_conf, listeners=listeners)
         if limits:
             kale_set_limits(k, **limits)

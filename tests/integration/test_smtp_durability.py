@@ -306,3 +306,70 @@ def test_limits_helper_rewrites_config(kale_factory):
     with SmtpRaw(k.port) as c:
         c.ehlo()
         assert c.ext.get("SIZE") == "12345"
+
+
+def role_pids(k, role):
+    """Live pids of the children the master started with this role (from its
+    'event=child.start role=... child=PID' log lines)."""
+    out = []
+    for line in k.log_text().splitlines():
+        if "event=child.start" in line and ("role=%s " % role) in line + " ":
+            for f in line.split():
+                if f.startswith("child="):
+                    pid = int(f[6:])
+                    if pid in children_of(k.proc.pid):
+                        out.append(pid)
+    return out
+
+
+def test_smtpd_killed_mid_data_no_partial_delivery(kale):
+    smtpds = kale_wait(lambda: role_pids(kale, "smtpd"), 5)
+    assert smtpds, kale.log_text()
+    c = SmtpRaw(kale.port)
+    c.ehlo()
+    smtp_expect(c.cmd("MAIL FROM:<b@other.test>"), 250, "2.1.0")
+    smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+    smtp_expect(c.cmd("DATA"), 354)
+    c.send(b"Subject: burst PARTIAL\r\n\r\nonly the first half\r\n")
+    time.sleep(0.2)
+    for pid in smtpds:
+        os.kill(pid, signal.SIGKILL)
+    try:
+        c.send(b"second half\r\n.\r\n")
+        r = c.reply()
+        raise AssertionError("a killed worker answered: %r" % r)
+    except (OSError, EOFError):
+        pass
+    finally:
+        c.close()
+    assert kale_wait(lambda: _ok_send(kale.port), 20, 0.3), kale.log_text()[-3000:]
+    msgs = kale.wait_messages("alice@example.test", 1)
+    assert msgs and not any(b"first half" in m for m in msgs), "partial message delivered"
+    assert kale.proc.poll() is None
+
+
+def test_qmgr_killed_during_burst_loses_nothing(kale):
+    """A crash of qmgr alone (kaled keeps running and restarts it) loses no
+    accepted mail."""
+    b = Burst(kale.port, threads=3)
+    b.start()
+    try:
+        assert kale_wait(lambda: b.count() >= 10, 30, 0.01)
+        qmgrs = kale_wait(lambda: role_pids(kale, "qmgr"), 5)
+        assert qmgrs, "no qmgr child found in the log"
+        for pid in qmgrs:
+            os.kill(pid, signal.SIGKILL)
+        n = b.count()
+        assert kale_wait(lambda: b.count() >= n + 10, 30, 0.01), "sends stalled without qmgr"
+    finally:
+        b.finish()
+    with b.lock:
+        acked = dict(b.acked)
+    ok = kale_wait(lambda: all(t in tokens_in(kale.messages("alice@example.test")) for t in acked),
+                   60, 0.2)
+    got = tokens_in(kale.messages("alice@example.test"))
+    assert ok, "lost after qmgr crash: %s\n%s" % (sorted(t for t in acked if t not in got)[:20],
+                                                 kale.log_text()[-3000:])
+    for tok, ms in got.items():
+        for m in ms:
+            check_complete(tok, m)

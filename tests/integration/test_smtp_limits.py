@@ -4,6 +4,7 @@ limits, command_timeout, and a full disk (452 4.3.1, never 250 then loss)."""
 import os
 import shutil
 import subprocess
+import time
 
 import pytest
 
@@ -16,6 +17,20 @@ LIMIT = 10000
 def banner_code(port, source=None):
     with SmtpRaw(port, source=source) as c:
         return c.banner.code
+
+
+def hold_conn(port, source=None):
+    """Opens a session that got its 220. Slots of connections that just closed
+    (e.g. the fixture's port probe) are released asynchronously, so a 421 is
+    retried for a few seconds."""
+    end = time.time() + 5
+    while True:
+        c = SmtpRaw(port, source=source)
+        if c.banner.code == 220 or time.time() > end:
+            smtp_expect(c.banner, 220)
+            return c
+        c.close()
+        time.sleep(0.1)
 
 
 @pytest.fixture
@@ -80,8 +95,9 @@ def test_bdat_over_limit(small):
             last = b" LAST" if i == 4 else b""
             c.send(b"BDAT %d%s\r\n" % (len(part), last) + part)
             codes.append(c.reply())
+            if codes[-1].code != 250:
+                break   # RFC 3030: after a failed chunk the client sends no more
         assert codes[-1].code == 552 and codes[-1].enh == "5.3.4", codes
-        assert all(r.code in (250, 552) for r in codes), codes
         smtp_expect(c.cmd("NOOP"), 250, "2.0.0")
     smtp_qid(smtp_send(small.port, "bob@other.test", ["alice@example.test"], smtp_msg("ok")))
     msgs = small.wait_messages("alice@example.test", 1)
@@ -119,9 +135,7 @@ def test_per_ip_connection_limit(kale_factory):
     held = []
     try:
         for _ in range(3):
-            c = SmtpRaw(k.port)
-            smtp_expect(c.banner, 220)
-            held.append(c)
+            held.append(hold_conn(k.port))
         with SmtpRaw(k.port) as c:
             smtp_expect(c.banner, 421, "4.x.x")
             assert c.wait_closed() == b""
@@ -151,9 +165,7 @@ def test_total_connection_limit(kale_factory):
     held = []
     try:
         for src in ("127.0.0.1", "127.0.0.1", "127.0.0.2", "127.0.0.2"):
-            c = SmtpRaw(k.port, source=src)
-            smtp_expect(c.banner, 220)
-            held.append(c)
+            held.append(hold_conn(k.port, src))
         with SmtpRaw(k.port, source="127.0.0.3") as c:
             smtp_expect(c.banner, 421, "4.x.x")
             assert c.wait_closed() == b""

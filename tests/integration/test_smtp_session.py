@@ -6,6 +6,14 @@ import socket
 from conftest import (SmtpRaw, smtp_expect, smtp_msg, smtp_qid, smtp_tls_context)
 
 
+def data_no_rcpt(c):
+    """DATA after MAIL but without a recipient: 503 5.5.1, or Postfix's
+    554 5.5.1 "no valid recipients"."""
+    r = c.cmd("DATA")
+    assert r.code in (503, 554), r
+    return smtp_expect(r, r.code, "5.5.1")
+
+
 def test_greeting_names_host(kale):
     with SmtpRaw(kale.port) as c:
         smtp_expect(c.banner, 220)
@@ -77,7 +85,7 @@ def test_bad_sequence(kale):
         smtp_expect(c.cmd("DATA"), 503, "5.5.1")
         smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
         smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 503, "5.5.1")  # nested MAIL
-        smtp_expect(c.cmd("DATA"), 503, "5.5.1")                          # no RCPT yet
+        data_no_rcpt(c)                                                   # no RCPT yet
         smtp_expect(c.cmd("RSET"), 250, "2.0.0")
         smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 503, "5.5.1")  # RSET cleared MAIL
         smtp_expect(c.cmd("NOOP"), 250, "2.0.0")
@@ -90,7 +98,7 @@ def test_rset_discards_transaction(kale):
         smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
         smtp_expect(c.cmd("RSET"), 250, "2.0.0")
         smtp_expect(c.cmd("MAIL FROM:<carol@other.test>"), 250, "2.1.0")
-        smtp_expect(c.cmd("DATA"), 503, "5.5.1")
+        data_no_rcpt(c)
         smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
         smtp_qid(c.data(smtp_msg("after-rset", sender="carol@other.test")))
     msgs = kale.wait_messages("alice@example.test", 1)
@@ -325,3 +333,22 @@ def test_quit_closes(kale):
         assert f.readline() == b""
     finally:
         s.close()
+
+
+def test_auth_refused_on_mx_port(kale):
+    """No AUTH on the MX port (auth_on_mx = no): the command is refused and
+    does not open relaying, even with a right password."""
+    import base64
+    cred = base64.b64encode(b"\0alice@example.test\0alice-secret").decode()
+    with SmtpRaw(kale.port) as c:
+        c.ehlo()
+        r = c.cmd("AUTH PLAIN " + cred)
+        assert r.code in (502, 503, 504), r
+        smtp_expect(r, r.code, "5.x.x")
+        c.starttls()
+        c.ehlo()
+        assert "AUTH" not in c.ext
+        r = c.cmd("AUTH PLAIN " + cred)
+        assert r.code in (502, 503, 504), r
+        smtp_expect(c.cmd("MAIL FROM:<alice@example.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<bob@other.test>"), 554, "5.7.1")

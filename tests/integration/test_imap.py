@@ -1,0 +1,321 @@
+"""IMAP server (imapd): login over TLS, the read/flag/move/expunge cycle,
+UIDs that persist, IDLE notification of new mail, two sessions on one
+mailbox, and hostile input (huge literals, NUL, deep nesting, commands
+before login). Mail is delivered by SMTP through the running node."""
+import imaplib
+import os
+import re
+import smtplib
+import socket
+import ssl
+import time
+
+import pytest
+
+from conftest import Kale, make_traversable
+
+USER = "bob@example.test"
+PASS = "bob-pw"
+
+
+def tls_ctx():
+    ctx = ssl.create_default_context()
+    ctx.check_hostname = False
+    ctx.verify_mode = ssl.CERT_NONE
+    return ctx
+
+
+@pytest.fixture
+def node(tmp_path):
+    make_traversable(tmp_path)
+    k = Kale(tmp_path, listeners=("smtp", "imap", "imaps"))
+    k.ctl("domain", "add", "example.test", "--local")
+    k.ctl("user", "add", USER, "--password-stdin", input=PASS + "\n")
+    k.start()
+    yield k
+    if k.proc is not None:
+        k.stop()
+
+
+def deliver(k, subject, body="hello\r\n", count=None):
+    before = len(k.messages(USER))
+    s = smtplib.SMTP("127.0.0.1", k.ports["smtp"], timeout=30)
+    s.sendmail("alice@sender.test", [USER],
+               "From: Alice <alice@sender.test>\r\nTo: Bob <%s>\r\nSubject: %s\r\n"
+               "Date: Mon, 02 Feb 2026 10:00:00 +0000\r\nMessage-ID: <%s@sender.test>\r\n\r\n%s"
+               % (USER, subject, subject.replace(" ", "."), body))
+    s.quit()
+    got = k.wait_messages(USER, before + 1)
+    assert len(got) >= before + 1, "message was not delivered"
+
+
+def imaps(k):
+    m = imaplib.IMAP4_SSL("127.0.0.1", k.ports["imaps"], ssl_context=tls_ctx(), timeout=30)
+    m.login(USER, PASS)
+    return m
+
+
+def raw(k, port_name="imap"):
+    s = socket.create_connection(("127.0.0.1", k.ports[port_name]), timeout=30)
+    f = s.makefile("rb")
+    greeting = f.readline()
+    assert greeting.startswith(b"* OK")
+    return s, f
+
+
+def read_tagged(f, tag):
+    lines = []
+    while True:
+        line = f.readline()
+        assert line, "connection closed; got %r" % lines
+        lines.append(line)
+        if line.startswith(tag + b" ") or line.startswith(b"* BYE"):
+            return lines
+
+
+def test_plaintext_login_refused_then_starttls(node):
+    m = imaplib.IMAP4("127.0.0.1", node.ports["imap"], timeout=30)
+    assert "LOGINDISABLED" in m.capabilities
+    assert "STARTTLS" in m.capabilities
+    with pytest.raises(imaplib.IMAP4.error) as e:
+        m.login(USER, PASS)
+    assert "PRIVACYREQUIRED" in str(e.value)
+    m.starttls(ssl_context=tls_ctx())
+    assert "STARTTLS" not in m.capabilities
+    assert "AUTH=PLAIN" in m.capabilities
+    typ, _ = m.login(USER, PASS)
+    assert typ == "OK"
+    m.logout()
+
+
+def test_starttls_discards_injected_plaintext(node):
+    s, f = raw(node)
+    # the injected LOGIN behind STARTTLS must never be executed
+    s.sendall(b"a STARTTLS\r\nb LOGIN bob@example.test bob-pw\r\n")
+    assert f.readline().startswith(b"a OK")
+    tls = tls_ctx().wrap_socket(s, server_hostname="kale")
+    tf = tls.makefile("rb")
+    tls.sendall(b"c CAPABILITY\r\n")
+    lines = read_tagged(tf, b"c")
+    assert lines[-1].startswith(b"c OK")
+    assert not any(l.startswith(b"b ") for l in lines)
+    tls.sendall(b"d SELECT INBOX\r\n")
+    assert read_tagged(tf, b"d")[-1].startswith(b"d BAD")  # still not logged in
+    tls.close()
+
+
+def test_authenticate_plain_and_bad_password(node):
+    m = imaplib.IMAP4_SSL("127.0.0.1", node.ports["imaps"], ssl_context=tls_ctx(), timeout=30)
+    with pytest.raises(imaplib.IMAP4.error):
+        m.login(USER, "wrong")
+    typ, _ = m.authenticate("PLAIN", lambda _: ("\0%s\0%s" % (USER, PASS)).encode())
+    assert typ == "OK"
+    m.logout()
+    node.stop()
+    out = node.ctl("log", "search").stdout
+    assert "login-failed" in out
+    assert re.search(r"\blogin\b.*bob@example.test.*127.0.0.1", out)
+
+
+def test_read_flag_move_expunge_cycle(node):
+    deliver(node, "first message")
+    deliver(node, "second message", body="the body text\r\n")
+    m = imaps(node)
+    typ, data = m.select("INBOX")
+    assert typ == "OK" and data == [b"2"]
+    typ, data = m.uid("SEARCH", None, "ALL")
+    uids = data[0].split()
+    assert len(uids) == 2
+    typ, data = m.fetch("1", "(FLAGS RFC822.SIZE ENVELOPE BODYSTRUCTURE BODY.PEEK[HEADER.FIELDS (Subject)])")
+    assert typ == "OK"
+    meta = data[0][0]
+    assert b"ENVELOPE" in meta and b'"first message"' in meta
+    assert b"BODYSTRUCTURE (\"text\" \"plain\"" in meta
+    assert b"\\Seen" not in meta
+    assert data[0][1] == b"Subject: first message\r\n\r\n"
+    size = int(re.search(rb"RFC822.SIZE (\d+)", meta).group(1))
+    typ, data = m.fetch("1", "(BODY[])")
+    assert len(data[0][1]) == size
+    typ, data = m.fetch("1", "(FLAGS)")
+    assert b"\\Seen" in data[0]
+    typ, data = m.fetch("2", "(BODY.PEEK[TEXT]<4.4>)")
+    assert data[0][1] == b"body"
+    typ, data = m.search(None, "BODY", "\"body text\"")
+    assert data[0] == b"2"
+    typ, data = m.search(None, "UNSEEN")
+    assert data[0] == b"2"
+    m.store("1", "+FLAGS", "(\\Flagged)")
+    typ, data = m.uid("MOVE", uids[1].decode(), "Archive")
+    assert typ == "NO"  # no such folder
+    m.create("Archive")
+    typ, data = m.uid("MOVE", uids[1].decode(), "Archive")
+    assert typ == "OK"
+    typ, data = m.select("INBOX")
+    assert data == [b"1"]
+    typ, data = m.status("Archive", "(MESSAGES UIDNEXT)")
+    assert b"MESSAGES 1" in data[0]
+    m.store("1", "+FLAGS", "(\\Deleted)")
+    typ, data = m.expunge()
+    assert data == [b"1"]
+    typ, data = m.select("INBOX")
+    assert data == [b"0"]
+    m.logout()
+    # flags live in the file name in the Archive folder
+    names = os.listdir(os.path.join(node.mailbox(USER), ".Archive", "cur"))
+    assert len(names) == 1 and names[0].endswith(":2,")
+
+
+def test_uids_persist_and_uidplus(node):
+    deliver(node, "one")
+    m = imaps(node)
+    typ, data = m.select("INBOX")
+    uv1 = m.untagged_responses.get("UIDVALIDITY", [b"?"])[0]
+    typ, data = m.uid("FETCH", "1:*", "(UID)")
+    uid1 = re.search(rb"UID (\d+)", data[0]).group(1)
+    typ, data = m.append("INBOX", "(\\Seen)", None, b"Subject: appended\r\n\r\nx\r\n")
+    assert typ == "OK"
+    assert b"APPENDUID" in data[0]
+    m.logout()
+    node.stop()
+    node.start()
+    m = imaps(node)
+    m.select("INBOX")
+    assert m.untagged_responses.get("UIDVALIDITY", [b"!"])[0] == uv1
+    typ, data = m.uid("FETCH", "1:*", "(UID FLAGS)")
+    got = [re.search(rb"UID (\d+)", d).group(1) for d in data if isinstance(d, bytes)]
+    assert got[0] == uid1 and len(got) == 2
+    assert b"\\Seen" in data[1]
+    m.logout()
+    uidlist = os.path.join(node.mailbox(USER), "kale-uidlist")
+    with open(uidlist) as f:
+        first = f.readline().split()
+    assert first[0] == uv1.decode()
+
+
+def test_idle_sees_new_mail(node):
+    deliver(node, "before idle")
+    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", node.ports["imaps"]), timeout=30),
+                              server_hostname="kale")
+    f = s.makefile("rb")
+    assert f.readline().startswith(b"* OK")
+    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
+    assert read_tagged(f, b"a")[-1].startswith(b"a OK")
+    s.sendall(b"b SELECT INBOX\r\n")
+    assert read_tagged(f, b"b")[-1].startswith(b"b OK")
+    s.sendall(b"c IDLE\r\n")
+    assert f.readline().startswith(b"+")
+    deliver(node, "during idle")
+    line = f.readline()
+    assert line == b"* 2 EXISTS\r\n"
+    s.sendall(b"DONE\r\n")
+    lines = read_tagged(f, b"c")
+    assert lines[-1].startswith(b"c OK")
+    s.close()
+
+
+def test_two_sessions_one_mailbox(node):
+    deliver(node, "shared")
+    a = imaps(node)
+    b = imaps(node)
+    a.select("INBOX")
+    b.select("INBOX")
+    a.store("1", "+FLAGS", "(\\Deleted)")
+    a.expunge()
+    deliver(node, "new one")
+    b.noop()
+    typ, data = b.search(None, "ALL")
+    assert data == [b"1"]
+    typ, data = b.fetch("1", "(BODY.PEEK[HEADER.FIELDS (SUBJECT)])")
+    assert b"new one" in data[0][1]
+    a.noop()
+    typ, data = a.uid("SEARCH", None, "ALL")
+    typ2, data2 = b.uid("SEARCH", None, "ALL")
+    assert data == data2
+    a.logout()
+    b.logout()
+
+
+def test_hostile_literals_and_syntax(node):
+    s, f = raw(node)
+    # commands before login
+    s.sendall(b"a1 SELECT INBOX\r\n")
+    assert read_tagged(f, b"a1")[-1].startswith(b"a1 BAD")
+    # huge literals: refused without waiting for (or allocating) the data
+    s.sendall(b"a2 LOGIN {4294967296}\r\n")
+    assert read_tagged(f, b"a2")[-1].startswith(b"a2 BAD")
+    s.sendall(b"a3 LOGIN {18446744073709551616}\r\n")
+    assert read_tagged(f, b"a3")[-1].startswith(b"a3 BAD")
+    # unbalanced and deeply nested parentheses
+    s.sendall(b"a4 ID ((\"a\" \"b\")\r\n")
+    assert read_tagged(f, b"a4")[-1].startswith(b"a4 BAD")
+    s.sendall(b"a5 ID " + b"(" * 10000 + b"\r\n")
+    assert read_tagged(f, b"a5")[-1].startswith(b"a5 BAD")
+    # NUL in a quoted string and in a literal
+    s.sendall(b"a6 LOGIN \"bob\0x\" pw\r\n")
+    assert read_tagged(f, b"a6")[-1].startswith(b"a6 BAD")
+    s.sendall(b"a7 ID {3}\r\n")
+    assert f.readline().startswith(b"+")
+    s.sendall(b"a\0b\r\n")
+    r = read_tagged(f, b"a7")[-1]
+    assert r.startswith(b"a7 BAD") or r.startswith(b"a7 OK")
+    s.sendall(b"a8 NOOP\r\n")
+    assert read_tagged(f, b"a8")[-1].startswith(b"a8 OK")
+    s.close()
+    # a non-synchronising huge literal ends the connection
+    s, f = raw(node)
+    s.sendall(b"b1 LOGIN {18446744073709551615+}\r\n")
+    assert read_tagged(f, b"b1")[-1].startswith(b"* BYE")
+    s.close()
+    # a million parentheses before login: bounded, and the server lives on
+    s, f = raw(node)
+    try:
+        s.sendall(b"c1 ID " + b"(" * 1000000 + b"\r\n")
+    except OSError:
+        pass
+    line = f.readline()
+    assert line.startswith(b"* BYE") or line.startswith(b"c1 BAD") or line == b""
+    s.close()
+    m = imaps(node)
+    m.logout()
+
+
+def test_hostile_after_login(node):
+    deliver(node, "target")
+    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", node.ports["imaps"]), timeout=30),
+                              server_hostname="kale")
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
+    read_tagged(f, b"a")
+    s.sendall(b"b SELECT INBOX\r\n")
+    read_tagged(f, b"b")
+    s.sendall(b"c APPEND INBOX {4294967296}\r\n")
+    assert read_tagged(f, b"c")[-1].startswith(b"c NO [TOOBIG]")
+    s.sendall(b"d FETCH 1 (BODY[p)\r\n")      # Cyrus CVE-2004-1013 shape
+    assert read_tagged(f, b"d")[-1].startswith(b"d BAD")
+    s.sendall(b"e FETCH 1 BODY[HEADER.FIELDS (Subject]\r\n")
+    assert read_tagged(f, b"e")[-1].startswith(b"e BAD")
+    s.sendall(b"f FETCH 1:* (BODY.PEEK[1.2.3.4.5] BODY.PEEK[]<0.5>)\r\n")
+    lines = read_tagged(f, b"f")
+    assert lines[-1].startswith(b"f OK")
+    s.sendall(b"g SEARCH " + b"NOT " * 5000 + b"ALL\r\n")
+    assert read_tagged(f, b"g")[-1].startswith(b"g BAD")
+    s.sendall(b"h FETCH 99 FLAGS\r\n")
+    assert read_tagged(f, b"h")[-1].startswith(b"h BAD")
+    s.sendall(b"h2 SELECT {5}\r\n")
+    assert f.readline().startswith(b"+")
+    s.sendall(b"IN\0OX\r\n")
+    assert read_tagged(f, b"h2")[-1].startswith(b"h2 BAD")
+    s.sendall(b"i LOGOUT\r\n")
+    assert read_tagged(f, b"i")[-1].startswith(b"* BYE")
+    s.close()
+
+
+def test_sigterm_says_bye(node):
+    m = imaps(node)
+    m.select("INBOX")
+    rc = node.stop()
+    assert rc == 0
+    with pytest.raises((imaplib.IMAP4.abort, OSError)):
+        m.noop()
+        m.noop()
