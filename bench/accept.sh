@@ -182,6 +182,19 @@ count_files() { # Maildir: files in new/ and cur/
 
 CLK_TCK=$(getconf CLK_TCK)
 
+# Percent of all CPUs idle over the next 2 s: how quiet the machine is before
+# a run (other work on a 2-core machine moves the figures a lot).
+idle_pct() {
+    local a b
+    a=$(head -1 /proc/stat)
+    sleep 2
+    b=$(head -1 /proc/stat)
+    printf '%s\n%s\n' "$a" "$b" | awk '
+        { busy = 0; for (i = 2; i <= NF; i++) if (i != 5 && i != 6) busy += $i
+          idle[NR] = $5 + $6; tot[NR] = busy + idle[NR] }
+        END { printf "%.0f", 100 * (idle[2] - idle[1]) / (tot[2] - tot[1]) }'
+}
+
 # CPU seconds (user + sys, own + reaped children) of a server: its master
 # process and the master's live children (both servers fork only from there).
 tree_cpu() { # master pid
@@ -209,7 +222,8 @@ children_cpu() {
 # delivery or timeout).
 run_one() {
     local name=$1 port=$2 maildir=$3 out=$4 mpid=$5 t0 t1 t2 n deadline rc c0 s0
-    log "$name: smtp-source -s $SESSIONS -m $N -l $SIZE -> 127.0.0.1:$port"
+    R_IDLE=$(idle_pct)
+    log "$name: machine ${R_IDLE}% idle; smtp-source -s $SESSIONS -m $N -l $SIZE -> 127.0.0.1:$port"
     s0=$(tree_cpu "$mpid")
     children_cpu "$out.times"
     c0=$CHILD_CPU
@@ -362,6 +376,7 @@ EOF
     run_one postfix "$port" "$PF_DIR/mail/bench.test/user" "$PF_DIR/smtp-source.out" \
         "$(pf_master_pid)"
     PF_SRC_CPU=$R_SRC_CPU
+    PF_IDLE=$R_IDLE
     PF_SRV_CPU=$R_SRV_CPU
     PF_ACCEPT=$R_ACCEPT_S
     PF_E2E=$R_E2E_S
@@ -418,6 +433,7 @@ EOF
     run_one kale "$port" "$KALE_DIR/var/mail/bench.test/user" "$KALE_DIR/smtp-source.out" \
         "$KALE_PID"
     KALE_SRC_CPU=$R_SRC_CPU
+    KALE_IDLE=$R_IDLE
     KALE_SRV_CPU=$R_SRV_CPU
     KALE_ACCEPT=$R_ACCEPT_S
     KALE_E2E=$R_E2E_S
@@ -441,24 +457,25 @@ printf 'accept.sh: %d messages x %d bytes, 1 recipient, %d sessions, new connect
     "$N" "$SIZE" "$SESSIONS"
 printf 'machine: nproc %s, load average %s at start, %s at end (other work skews the figures)\n' \
     "$(nproc)" "$LOAD_START" "$(loadavg)"
-row() { # name accept_s e2e_s delivered server_cpu_s source_cpu_s
+row() { # name accept_s e2e_s delivered server_cpu_s source_cpu_s idle%
     local per="-"
     if [ -n "$3" ]; then
         per=$(awk -v c="$5" -v n="$N" 'BEGIN { printf "%.2f", 1000 * c / n }')
     fi
-    printf '%-8s %9s %10s %9s %10s %12s %10s %8s %10s\n' "$1" "$2" "$(rate "$N" "$2")" \
-        "${3:-TIMEOUT}" "$(rate "$N" "$3")" "$4/$N" "$5" "$per" "$6"
+    printf '%-8s %9s %10s %9s %10s %12s %10s %8s %10s %6s\n' "$1" "$2" "$(rate "$N" "$2")" \
+        "${3:-TIMEOUT}" "$(rate "$N" "$3")" "$4/$N" "$5" "$per" "$6" "$7"
 }
-printf '%-8s %9s %10s %9s %10s %12s %10s %8s %10s\n' server accept_s accept/s e2e_s e2e/s \
-    delivered srv_cpu_s cpu_ms/m src_cpu_s
+printf '%-8s %9s %10s %9s %10s %12s %10s %8s %10s %6s\n' server accept_s accept/s e2e_s e2e/s \
+    delivered srv_cpu_s cpu_ms/m src_cpu_s idle%
 if [ "$WHICH" != kale ]; then
-    row postfix "$PF_ACCEPT" "$PF_E2E" "$PF_DELIVERED" "$PF_SRV_CPU" "$PF_SRC_CPU"
+    row postfix "$PF_ACCEPT" "$PF_E2E" "$PF_DELIVERED" "$PF_SRV_CPU" "$PF_SRC_CPU" "$PF_IDLE"
 fi
 if [ "$WHICH" != postfix ]; then
-    row kale "$KALE_ACCEPT" "$KALE_E2E" "$KALE_DELIVERED" "$KALE_SRV_CPU" "$KALE_SRC_CPU"
+    row kale "$KALE_ACCEPT" "$KALE_E2E" "$KALE_DELIVERED" "$KALE_SRV_CPU" "$KALE_SRC_CPU" "$KALE_IDLE"
 fi
 echo "(accept/s, e2e/s: msgs/s; srv_cpu_s: server CPU s, user+sys, until the last delivery;"
-echo " cpu_ms/m: server CPU ms per message; src_cpu_s: smtp-source CPU s)"
+echo " cpu_ms/m: server CPU ms per message; src_cpu_s: smtp-source CPU s;"
+echo " idle%: CPUs idle in the 2 s before the run, i.e. how quiet the machine was)"
 if [ "$WHICH" = both ]; then
     ratio() { # postfix seconds / kale seconds = kale rate / postfix rate
         if [ -z "$1" ] || [ -z "$2" ]; then

@@ -2,7 +2,7 @@
 # Installs the Debian 12 packages kale needs to build ("build") or to build and
 # test ("test"). Only missing packages are installed; needs root for that.
 set -e
-BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev libcrypt-dev libjansson-dev libcmocka-dev openssl"
+BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev libcrypt-dev libjansson-dev libcmocka-dev libc-ares-dev openssl"
 TEST="python3 python3-pytest postfix swaks valgrind"
 want="$BUILD"
 [ "${1:-build}" = test ] && want="$BUILD $TEST"

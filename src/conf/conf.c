@@ -75,6 +75,7 @@ static const struct conf_key conf_keys[] = {
 	CK("queue", "max_age", CT_DURATION, max_age, 60, 365LL * 86400),
 	CK("delivery", "remote_port", CT_INT, remote_port, 1, 65535),
 	CK("delivery", "mailbox_format", CT_MAILBOX, mailbox_mbox, 0, 1),
+	CK("mailbox", "plaintext_auth", CT_BOOL, mailbox_plaintext_auth, 0, 1),
 	CK("log", "syslog", CT_BOOL, log_syslog, 0, 1),
 	CK("log", "level", CT_LOGLEVEL, log_level, 0, 3),
 };
@@ -82,7 +83,7 @@ static const struct conf_key conf_keys[] = {
 
 static const char *const conf_sections[] = {
 	"server", "listen", "tls", "smtp", "limits", "dns", "database",
-	"queue", "delivery", "log",
+	"queue", "delivery", "mailbox", "log",
 };
 
 struct conf_parser {

@@ -13,6 +13,7 @@ struct kale_config;
 enum kale_listen_kind {
 	LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SUBMISSIONS,
 	LISTEN_POP3, LISTEN_POP3S, LISTEN_IMAP, LISTEN_IMAPS, LISTEN_ADMIN,
+	LISTEN_LOCAL,              /* <data_dir>/sendmail.sock: kale-sendmail, trusted */
 	LISTEN_KINDS
 };
 

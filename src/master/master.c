@@ -85,7 +85,7 @@ struct master {
 const char *kale_listen_kind_name(enum kale_listen_kind k)
 {
 	static const char *names[] = { "smtp", "submission", "submissions", "pop3", "pop3s",
-		"imap", "imaps", "admin" };
+		"imap", "imaps", "admin", "local" };
 	return k < LISTEN_KINDS ? names[k] : "?";
 }
 
@@ -180,6 +180,35 @@ static int master_bind_all(struct master *m, char **error_r)
 				return -1;
 			}
 	}
+	return 0;
+}
+
+/* The local injection socket for kale-sendmail: any local user may submit
+ * (like /usr/sbin/sendmail), and what comes in is treated as trusted. */
+static int master_bind_local(struct master *m, char **error_r)
+{
+	struct sockaddr_un sun = { 0 };
+	int fd;
+
+	if (m->n_ls >= MASTER_MAX_LISTENERS)
+		return 0;
+	sun.sun_family = AF_UNIX;
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "sendmail.sock");
+	unlink(sun.sun_path);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 128) < 0) {
+		if (asprintf(error_r, "local socket %s/sendmail.sock: %s", m->cfg.data_dir, strerror(errno)) < 0)
+			*error_r = NULL;
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	chmod("sendmail.sock", 0666);
+	m->ls[m->n_ls].fd = fd;
+	m->ls[m->n_ls].kind = LISTEN_LOCAL;
+	m->ls[m->n_ls].implicit_tls = 0;
+	snprintf(m->ls[m->n_ls].name, sizeof(m->ls[m->n_ls].name), "%s/sendmail.sock", m->cfg.data_dir);
+	m->n_ls++;
 	return 0;
 }
 
@@ -352,7 +381,7 @@ static void master_start(struct master *m, struct master_slot *s)
 static void master_plan(struct master *m)
 {
 	m->n_slots = 0;
-	if (master_has_kind(m, LISTEN_SMTP, LISTEN_SMTP))
+	if (master_has_kind(m, LISTEN_SMTP, LISTEN_LOCAL))
 		for (int i = 0; i < m->nworkers; i++)
 			m->slot[m->n_slots++] = (struct master_slot){ .role = ROLE_SMTPD, .worker_id = i };
 	m->slot[m->n_slots++] = (struct master_slot){ .role = ROLE_QMGR };
@@ -508,8 +537,12 @@ static int master_reload(struct master *m, char **error_r)
 			return -1;
 		}
 		m->cfg = tmp;
-		for (int i = 0; i < n_old; i++)
-			close(old[i].fd);
+		for (int i = 0; i < n_old; i++) {
+			if (old[i].kind == LISTEN_LOCAL && m->n_ls < MASTER_MAX_LISTENERS)
+				m->ls[m->n_ls++] = old[i];      /* same path: keep it */
+			else
+				close(old[i].fd);
+		}
 	}
 	conf_free(&m->cfg);
 	m->cfg = ncfg;
@@ -735,7 +768,7 @@ int master_run(const char *path)
 	m->tls = tls_server_ctx(m->cfg.tls_cert, m->cfg.tls_key, m->cfg.hostname, &error);
 	if (m->tls == NULL)
 		goto fail;
-	if (master_bind_all(m, &error) < 0)
+	if (master_bind_all(m, &error) < 0 || master_bind_local(m, &error) < 0)
 		goto fail;
 	master_clean_tmp();
 	m->nworkers = (int)sysconf(_SC_NPROCESSORS_ONLN);

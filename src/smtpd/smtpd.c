@@ -1164,8 +1164,14 @@ static void smtpd_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 	s->kind = l->kind;
 	s->conn_slot = slot;
 	s->tx.fd = -1;
-	snprintf(s->ip, sizeof(s->ip), "%s", text);
-	s->trusted = store_network_match(w->st, sa) == 1;
+	if (l->kind == LISTEN_LOCAL) {
+		/* kale-sendmail: local programs, trusted by the socket's place */
+		snprintf(s->ip, sizeof(s->ip), "local");
+		s->trusted = 1;
+	} else {
+		snprintf(s->ip, sizeof(s->ip), "%s", text);
+		s->trusted = store_network_match(w->st, sa) == 1;
+	}
 	if (l->implicit_tls && w->ctx->tls) {
 		SSL *ssl = SSL_new(w->ctx->tls);
 		s->bev = ssl ? bufferevent_openssl_socket_new(w->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
@@ -1314,7 +1320,7 @@ int smtpd_main(struct kale_ctx *ctx)
 	event_add(w.sig_usr2, NULL);
 	for (int i = 0; i < ctx->n_ls && w.n_lev < 16; i++) {
 		struct kale_listener *l = &ctx->ls[i];
-		if (l->kind != LISTEN_SMTP)
+		if (l->kind != LISTEN_SMTP && l->kind != LISTEN_LOCAL)
 			continue;
 		w.lctx[w.n_lev].w = &w;
 		w.lctx[w.n_lev].l = l;

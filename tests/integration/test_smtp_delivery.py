@@ -118,9 +118,6 @@ def test_alias_expansion(kale_factory):
     assert len(k.wait_messages("bob@example.test", 2)) == 2
 
 
-@pytest.mark.xfail(reason="Postfix-style duplicate suppression (cleanup duplicate_filter_limit); "
-                   "not written in operator.md, qmail does not do it: the lead decides",
-                   strict=False)
 def test_alias_and_user_in_one_message_deduplicated(kale_factory):
     k = kale_factory(aliases={"info@example.test": "alice@example.test"})
     smtp_qid(smtp_send(k.port, "cust@other.test", ["info@example.test", "alice@example.test"],
