@@ -2,8 +2,8 @@
 # Installs the Debian 12 packages kale needs to build ("build") or to build and
 # test ("test"). Only missing packages are installed; needs root for that.
 set -e
-BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev libcrypt-dev libjansson-dev libcmocka-dev libc-ares-dev openssl"
-TEST="python3 python3-pytest postfix swaks valgrind"
+BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev libcrypt-dev libjansson-dev libcmocka-dev libc-ares-dev openssl libmariadb-dev libpq-dev libldap2-dev"
+TEST="python3 python3-pytest postfix swaks valgrind mariadb-server postgresql slapd ldap-utils"
 want="$BUILD"
 [ "${1:-build}" = test ] && want="$BUILD $TEST"
 missing=""

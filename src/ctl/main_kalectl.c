@@ -19,6 +19,7 @@ static const struct ctl_group ctl_groups[] = {
 	{ "user", ctl_policy_user, 1 },
 	{ "alias", ctl_policy_alias, 1 },
 	{ "network", ctl_policy_network, 1 },
+	{ "auth", ctl_auth_cmd, 1 },
 	{ "log", ctl_log_cmd, 1 },
 	{ "queue", ctl_queue_cmd, 1 },
 	{ "status", ctl_queue_status, 0 },

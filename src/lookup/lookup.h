@@ -53,4 +53,10 @@ uint64_t lookup_pool_job(struct lookup_pool *pool, void (*work)(void *job),
 int lookup_verify_sync(const struct kale_config *cfg, const char *profile, const char *address,
     struct lookup_answer *answer_r, char **detail_r);
 
+/* Added by H11: checks a profile's backend settings (type-specific fields
+ * present, URL scheme, template syntax); kalectl verify add calls it.
+ * 0, or -1 with a malloc'd *error_r. */
+struct store_verify;
+int lookup_profile_check(const struct store_verify *v, char **error_r);
+
 #endif

@@ -154,8 +154,8 @@ static const struct conf_listen *master_listen_of(const struct kale_config *cfg,
 /* Kinds served by a child process in this build. */
 static int master_served(enum kale_listen_kind k)
 {
-	return k == LISTEN_SMTP || k == LISTEN_POP3 || k == LISTEN_POP3S ||
-	    k == LISTEN_IMAP || k == LISTEN_IMAPS;
+	return k == LISTEN_SMTP || k == LISTEN_SUBMISSION || k == LISTEN_SUBMISSIONS ||
+	    k == LISTEN_POP3 || k == LISTEN_POP3S || k == LISTEN_IMAP || k == LISTEN_IMAPS;
 }
 
 static void master_close_listeners(struct master *m)

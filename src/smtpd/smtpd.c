@@ -34,6 +34,9 @@
 #include "smtpd/conntable.h"
 #include "smtpd/smtp_parse.h"
 #include "store/store.h"
+#include "auth/auth.h"
+#include "lookup/lookup.h"
+#include <openssl/evp.h>
 
 #define SMTPD_MAX_ERRORS 10
 #define SMTPD_MAX_HOPS 50
@@ -47,6 +50,8 @@ enum smtpd_state {
 	SMTPD_DATA,       /* reading DATA bytes */
 	SMTPD_BDAT,       /* reading a BDAT chunk */
 	SMTPD_COMMIT,     /* waiting for the group commit */
+	SMTPD_AUTH,       /* reading an AUTH continuation line */
+	SMTPD_WAIT,       /* waiting for a lookup (AUTH check) to answer */
 	SMTPD_CLOSING     /* flushing the last reply */
 };
 
@@ -96,6 +101,14 @@ struct smtpd_session {
 	int tls;
 	int trusted;
 	int errors;
+	/* SMTP AUTH */
+	int auth_offer;            /* AUTH may be used on this connection */
+	int auth_mech;             /* 1 PLAIN, 2 LOGIN (during the exchange) */
+	char *auth_login;          /* LOGIN: the user name given */
+	char *auth_address;        /* authenticated address, NULL if none */
+	uint64_t auth_req;         /* pending pool request */
+	struct event *auth_delay_ev;
+	int auth_fails;
 	int discard_line;          /* skipping the rest of an over-long line */
 	struct smtpd_tx tx;
 	struct smtpd_session *next, *prev;       /* all sessions */
@@ -117,7 +130,11 @@ struct smtpd_worker {
 	struct event *flush_ev;
 	struct event *sig_term, *sig_usr2, *stop_ev;
 	int incoming_fd;
-	int stopping;              /* 1 graceful (finish sessions), 2 now */
+	int stopping;
+	struct lookup_pool *pool;
+	struct auth_settings auth;   /* cached, re-read at most once a second */
+	uint64_t auth_read_ms;
+	struct smtpd_authfail { char ip[INET6_ADDRSTRLEN]; int count; time_t last; } authfail[256];              /* 1 graceful (finish sessions), 2 now */
 };
 
 static void smtpd_read_cb(struct bufferevent *bev, void *arg);
@@ -125,6 +142,11 @@ static void smtpd_write_cb(struct bufferevent *bev, void *arg);
 static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg);
 static void smtpd_process(struct smtpd_session *s);
 static void smtpd_free(struct smtpd_session *s);
+static const struct auth_settings *smtpd_auth_settings(struct smtpd_worker *w);
+static int smtpd_is_submission(const struct smtpd_session *s);
+static int smtpd_auth_allowed(struct smtpd_session *s, int *need_tls_r);
+static int smtpd_sender_owned(struct smtpd_session *s, const char *sender);
+static int smtpd_header_from(int fd, char *addr, size_t cap);
 static void smtpd_close(struct smtpd_session *s);
 
 /* ---------- replies and logging ---------- */
@@ -401,8 +423,18 @@ static void smtpd_message_done(struct smtpd_session *s)
 		smtpd_tx_reset(s);
 		return;
 	}
+	if (tx->werrno == 0 && s->auth_address && smtpd_auth_settings(s->w)->fake_sender_control) {
+		char from[512];
+		int r = smtpd_header_from(tx->fd, from, sizeof(from));
+		if (r < 0 || (r == 1 && smtpd_sender_owned(s, from) != 1)) {
+			smtpd_reject(s, NULL, "550 5.7.1 From: header not owned by the authenticated user");
+			smtpd_tx_reset(s);
+			return;
+		}
+	}
 	if (tx->werrno == 0) {
 		env.version = QUEUE_FORMAT_VERSION;
+		env.auth_user = s->auth_address;
 		snprintf(env.qid, sizeof(env.qid), "%s", tx->qid);
 		env.arrival = time(NULL);
 		env.client_ip = s->ip;
@@ -419,7 +451,7 @@ static void smtpd_message_done(struct smtpd_session *s)
 		if (queue_file_finish(tx->fd, &env) < 0)
 			tx->werrno = errno ? errno : EIO;
 		/* the strings belong to the session; free only what the env allocated */
-		env.client_ip = env.helo = env.sender = env.envid = NULL;
+		env.client_ip = env.helo = env.sender = env.envid = env.auth_user = NULL;
 		queue_env_free(&env);
 	}
 	if (tx->werrno) {
@@ -468,6 +500,11 @@ static void smtpd_cmd_helo(struct smtpd_session *s, const char *arg, int esmtp)
 	smtpd_reply(s, "250-CHUNKING");
 	if (!s->tls && s->w->ctx->tls)
 		smtpd_reply(s, "250-STARTTLS");
+	{
+		int need_tls;
+		if (smtpd_auth_allowed(s, &need_tls))
+			smtpd_reply(s, "250-AUTH PLAIN LOGIN");
+	}
 	smtpd_reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
@@ -487,6 +524,20 @@ static void smtpd_cmd_mail(struct smtpd_session *s, const char *arg)
 		s->errors++;
 		memset(&tx->mail, 0, sizeof(tx->mail));
 		return;
+	}
+	if (smtpd_is_submission(s) && s->auth_address == NULL) {
+		smtpd_reject(s, NULL, "530 5.7.0 Authentication required");
+		memset(&tx->mail, 0, sizeof(tx->mail));
+		return;
+	}
+	if (s->auth_address && smtpd_auth_settings(s->w)->fake_sender_control) {
+		int own = tx->mail.is_null ? 0 : smtpd_sender_owned(s, tx->mail.addr);
+		if (own <= 0) {
+			smtpd_reject(s, NULL, own < 0 ? "451 4.3.0 Temporary lookup failure"
+			    : "553 5.7.1 Sender address not owned by the authenticated user");
+			memset(&tx->mail, 0, sizeof(tx->mail));
+			return;
+		}
 	}
 	if (tx->mail.size > s->w->cfg->message_size) {
 		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
@@ -592,7 +643,7 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 			smtpd_reject(s, addr, "550 5.1.1 Recipient address rejected: User unknown");
 			return;
 		}
-	} else if (found || s->trusted) {
+	} else if (found || s->trusted || s->auth_address) {
 		/* Relay domain, or a trusted client relaying anywhere: queued for the
 		 * remote delivery agent (routes and verification: later modules). */
 		targets = xmalloc(sizeof(char *));
@@ -763,7 +814,429 @@ static void smtpd_starttls(struct smtpd_session *s, const char *arg)
 	s->helo_done = 0;
 	s->esmtp = 0;
 	s->helo[0] = '\0';
+	xfree(&s->auth_address);
 	smtpd_tx_reset(s);
+}
+
+
+/* ---------- SMTP AUTH (submission) ---------- */
+
+static const struct auth_settings *smtpd_auth_settings(struct smtpd_worker *w)
+{
+	uint64_t now = util_now_ms();
+	char *error = NULL;
+
+	if (w->auth_read_ms == 0 || now - w->auth_read_ms >= 1000) {
+		struct auth_settings as;
+		if (auth_settings_get(w->cfg, &as, &error) == 0)
+			w->auth = as;
+		else
+			log_event(LOG_LVL_ERROR, "auth.settings", "error", error, NULL);
+		free(error);
+		w->auth_read_ms = now;
+	}
+	return &w->auth;
+}
+
+static int smtpd_is_submission(const struct smtpd_session *s)
+{
+	return s->kind == LISTEN_SUBMISSION || s->kind == LISTEN_SUBMISSIONS;
+}
+
+/* AUTH is offered on the submission ports (and the MX port with
+ * auth_on_mx), and only inside TLS unless the admin turned tls-only off. */
+static int smtpd_auth_allowed(struct smtpd_session *s, int *need_tls_r)
+{
+	const struct auth_settings *as = smtpd_auth_settings(s->w);
+
+	*need_tls_r = 0;
+	if (!as->enable || !(smtpd_is_submission(s) || (s->kind == LISTEN_SMTP && s->w->cfg->auth_on_mx)))
+		return 0;
+	if (as->tls_only && !s->tls) {
+		*need_tls_r = 1;
+		return 0;
+	}
+	return 1;
+}
+
+static struct smtpd_authfail *smtpd_authfail_slot(struct smtpd_worker *w, const char *ip, int create)
+{
+	struct smtpd_authfail *oldest = &w->authfail[0];
+	time_t now = time(NULL);
+
+	for (int i = 0; i < 256; i++) {
+		struct smtpd_authfail *f = &w->authfail[i];
+		if (f->ip[0] && now - f->last > 900)
+			memset(f, 0, sizeof(*f));        /* forgotten after 15 minutes */
+		if (f->ip[0] && strcmp(f->ip, ip) == 0)
+			return f;
+		if (f->last < oldest->last)
+			oldest = f;
+	}
+	if (!create)
+		return NULL;
+	memset(oldest, 0, sizeof(*oldest));
+	snprintf(oldest->ip, sizeof(oldest->ip), "%s", ip);
+	return oldest;
+}
+
+struct smtpd_authjob {
+	const struct kale_config *cfg;
+	struct smtpd_session *s;
+	char *user, *pass;
+	enum auth_result result;
+	char *address, *detail;
+};
+
+static void smtpd_authjob_work(void *arg)
+{
+	struct smtpd_authjob *j = arg;
+
+	j->result = auth_check(j->cfg, j->user, j->pass, &j->address, &j->detail);
+}
+
+static void smtpd_auth_delay_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_session *s = arg;
+
+	(void)fd;
+	(void)what;
+	s->state = SMTPD_CMD;
+	bufferevent_enable(s->bev, EV_READ);
+	smtpd_process(s);
+}
+
+static void smtpd_authjob_done(void *arg, int cancelled)
+{
+	struct smtpd_authjob *j = arg;
+	struct smtpd_session *s = j->s;
+
+	if (!cancelled) {
+		struct smtpd_authfail *f;
+		s->auth_req = 0;
+		switch (j->result) {
+		case AUTH_OK:
+			s->auth_address = j->address;
+			j->address = NULL;
+			smtpd_reply(s, "235 2.7.0 Authentication successful");
+			log_event(LOG_LVL_INFO, "auth.ok", "client", s->ip, "user", s->auth_address,
+			    "detail", j->detail, NULL);
+			if ((f = smtpd_authfail_slot(s->w, s->ip, 0)) != NULL)
+				f->count = 0;
+			s->state = SMTPD_CMD;
+			break;
+		case AUTH_FAIL: {
+			struct store_log_row row = { 0 };
+			struct timeval tv = { 0, 0 };
+			f = smtpd_authfail_slot(s->w, s->ip, 1);
+			f->count++;
+			f->last = time(NULL);
+			s->auth_fails++;
+			row.client = s->ip;
+			row.rcpt = j->user;
+			row.action = "auth-failed";
+			row.code = "535 5.7.8";
+			row.reason = j->detail;
+			store_log_add(s->w->st, &row);
+			log_event(LOG_LVL_WARN, "auth.fail", "client", s->ip, "user", j->user,
+			    "detail", j->detail, NULL);
+			smtpd_reply(s, "535 5.7.8 Authentication credentials invalid");
+			if (f->count >= 10 || s->auth_fails >= 3) {
+				smtpd_reply(s, "421 4.7.0 Too many failed authentications");
+				s->state = SMTPD_CLOSING;
+				break;
+			}
+			/* exponential delay before the next command is read: 1, 2, 4, 8 s */
+			tv.tv_sec = 1 << (f->count - 1 > 3 ? 3 : f->count - 1);
+			if (s->auth_delay_ev == NULL)
+				s->auth_delay_ev = evtimer_new(s->w->base, smtpd_auth_delay_cb, s);
+			evtimer_add(s->auth_delay_ev, &tv);
+			bufferevent_disable(s->bev, EV_READ);
+			s->state = SMTPD_WAIT;
+			break;
+		}
+		default:
+			log_event(LOG_LVL_WARN, "auth.tempfail", "client", s->ip, "user", j->user,
+			    "detail", j->detail, NULL);
+			smtpd_reply(s, "454 4.7.0 Temporary authentication failure");
+			s->state = SMTPD_CMD;
+			break;
+		}
+		if (s->state == SMTPD_CMD) {
+			bufferevent_enable(s->bev, EV_READ);
+			smtpd_process(s);
+		} else if (s->state == SMTPD_CLOSING) {
+			smtpd_close(s);
+		}
+	}
+	if (j->pass)
+		OPENSSL_cleanse(j->pass, strlen(j->pass));
+	free(j->user);
+	free(j->pass);
+	free(j->address);
+	free(j->detail);
+	free(j);
+}
+
+static void smtpd_auth_start(struct smtpd_session *s, const char *user, const char *pass)
+{
+	struct smtpd_authjob *j;
+	struct smtpd_authfail *f = smtpd_authfail_slot(s->w, s->ip, 0);
+
+	if (f && f->count >= 10) {
+		smtpd_reply(s, "421 4.7.0 Too many failed authentications from your address");
+		s->state = SMTPD_CLOSING;
+		return;
+	}
+	if (s->w->pool == NULL) {
+		smtpd_reply(s, "454 4.7.0 Temporary authentication failure");
+		s->state = SMTPD_CMD;
+		return;
+	}
+	j = xcalloc(1, sizeof(*j));
+	j->cfg = s->w->cfg;
+	j->s = s;
+	j->user = xstrdup(user);
+	j->pass = xstrdup(pass);
+	s->state = SMTPD_WAIT;
+	bufferevent_disable(s->bev, EV_READ);
+	s->auth_req = lookup_pool_job(s->w->pool, smtpd_authjob_work, smtpd_authjob_done, j);
+}
+
+/* Decodes base64 into a NUL-terminated buffer; -1 on bad input. */
+static int smtpd_b64(const char *in, char *out, size_t cap, size_t *len_r)
+{
+	size_t n = strlen(in), pad = 0;
+	int k;
+
+	if (n == 0 || n % 4 != 0 || (n / 4) * 3 + 1 > cap)
+		return -1;
+	for (size_t i = 0; i < n; i++) {
+		char c = in[i];
+		if (!((c >= 'A' && c <= 'Z') || (c >= 'a' && c <= 'z') || (c >= '0' && c <= '9') ||
+		    c == '+' || c == '/' || (c == '=' && i >= n - 2)))
+			return -1;
+	}
+	if (in[n - 1] == '=')
+		pad++;
+	if (in[n - 2] == '=')
+		pad++;
+	k = EVP_DecodeBlock((unsigned char *)out, (const unsigned char *)in, (int)n);
+	if (k < 0)
+		return -1;
+	*len_r = (size_t)k - pad;
+	out[*len_r] = '\0';
+	return 0;
+}
+
+/* Handles a PLAIN response (base64 of authzid NUL authcid NUL passwd). */
+static void smtpd_auth_plain(struct smtpd_session *s, const char *b64)
+{
+	char buf[1024];
+	size_t len;
+	const char *authz, *user, *pass;
+	size_t l1, l2;
+
+	if (smtpd_b64(b64, buf, sizeof(buf), &len) < 0) {
+		smtpd_reply(s, "501 5.5.2 Invalid base64 data");
+		s->state = SMTPD_CMD;
+		return;
+	}
+	authz = buf;
+	l1 = strnlen(authz, len);
+	if (l1 >= len) {
+		smtpd_reply(s, "501 5.5.2 Malformed PLAIN response");
+		s->state = SMTPD_CMD;
+		return;
+	}
+	user = buf + l1 + 1;
+	l2 = strnlen(user, len - l1 - 1);
+	if (l1 + 1 + l2 >= len) {
+		smtpd_reply(s, "501 5.5.2 Malformed PLAIN response");
+		s->state = SMTPD_CMD;
+		return;
+	}
+	pass = user + l2 + 1;
+	if (strlen(pass) != len - l1 - l2 - 2 || (*authz && strcmp(authz, user) != 0)) {
+		/* embedded NUL in the password, or acting for someone else */
+		smtpd_reply(s, "535 5.7.8 Authentication credentials invalid");
+		s->state = SMTPD_CMD;
+		OPENSSL_cleanse(buf, sizeof(buf));
+		return;
+	}
+	smtpd_auth_start(s, user, pass);
+	OPENSSL_cleanse(buf, sizeof(buf));
+}
+
+/* A continuation line during AUTH: "*" cancels. */
+static void smtpd_auth_line(struct smtpd_session *s, const char *line)
+{
+	char buf[512];
+	size_t len;
+
+	if (strcmp(line, "*") == 0) {
+		smtpd_reply(s, "501 5.0.0 Authentication cancelled");
+		s->state = SMTPD_CMD;
+		xfree(&s->auth_login);
+		return;
+	}
+	if (s->auth_mech == 1) {
+		smtpd_auth_plain(s, line);
+		return;
+	}
+	if (smtpd_b64(line, buf, sizeof(buf), &len) < 0 || strlen(buf) != len) {
+		smtpd_reply(s, "501 5.5.2 Invalid base64 data");
+		s->state = SMTPD_CMD;
+		xfree(&s->auth_login);
+		return;
+	}
+	if (s->auth_login == NULL) {
+		s->auth_login = xstrdup(buf);
+		smtpd_reply(s, "334 UGFzc3dvcmQ6");          /* "Password:" */
+		return;
+	}
+	smtpd_auth_start(s, s->auth_login, buf);
+	OPENSSL_cleanse(buf, sizeof(buf));
+	xfree(&s->auth_login);
+}
+
+static void smtpd_cmd_auth(struct smtpd_session *s, char *arg)
+{
+	char *mech = arg, *initial;
+	int need_tls;
+
+	if (!smtpd_auth_allowed(s, &need_tls)) {
+		if (need_tls)
+			smtpd_reply(s, "538 5.7.11 Encryption required for requested authentication mechanism");
+		else
+			smtpd_reply(s, "502 5.5.1 AUTH not available on this port");
+		s->errors++;
+		return;
+	}
+	if (!s->helo_done || !s->esmtp) {
+		smtpd_reply(s, "503 5.5.1 Send EHLO first");
+		return;
+	}
+	if (s->auth_address) {
+		smtpd_reply(s, "503 5.5.1 Already authenticated");
+		return;
+	}
+	if (s->tx.active) {
+		smtpd_reply(s, "503 5.5.1 AUTH not allowed during a mail transaction");
+		return;
+	}
+	initial = strchr(mech, ' ');
+	if (initial) {
+		*initial++ = '\0';
+		while (*initial == ' ')
+			initial++;
+	}
+	if (strcasecmp(mech, "PLAIN") == 0) {
+		s->auth_mech = 1;
+		s->state = SMTPD_AUTH;
+		if (initial && *initial) {
+			if (strcmp(initial, "=") == 0) {
+				smtpd_reply(s, "535 5.7.8 Authentication credentials invalid");
+				s->state = SMTPD_CMD;
+				return;
+			}
+			smtpd_auth_line(s, initial);
+		} else {
+			smtpd_reply(s, "334 ");
+		}
+	} else if (strcasecmp(mech, "LOGIN") == 0) {
+		s->auth_mech = 2;
+		s->state = SMTPD_AUTH;
+		xfree(&s->auth_login);
+		if (initial && *initial)
+			smtpd_auth_line(s, initial);
+		else
+			smtpd_reply(s, "334 VXNlcm5hbWU6");   /* "Username:" */
+	} else {
+		smtpd_reply(s, "504 5.5.4 Unrecognized authentication mechanism");
+		s->errors++;
+	}
+}
+
+/* Fake sender control: the envelope sender must be the user's own address or
+ * an alias that delivers to the user. 1 allowed, 0 not, -1 lookup error. */
+static int smtpd_sender_owned(struct smtpd_session *s, const char *sender)
+{
+	char **t = NULL;
+	char *error = NULL;
+	int n, ok = 0;
+
+	if (strcasecmp(sender, s->auth_address) == 0)
+		return 1;
+	n = store_rcpt_resolve(s->w->st, sender, &t, &error);
+	free(error);
+	if (n < 0)
+		return -1;
+	for (int i = 0; i < n; i++)
+		if (strcasecmp(t[i], s->auth_address) == 0)
+			ok = 1;
+	store_targets_free(t, n > 0 ? n : 0);
+	return ok;
+}
+
+/* Finds the address in the From: header of the stored message (the first
+ * 64 KiB of the queue file). Returns 1 and fills addr, 0 if none, -1 if there
+ * is more than one mailbox in it. */
+static int smtpd_header_from(int fd, char *addr, size_t cap)
+{
+	char buf[65536 + 1], val[2048];
+	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
+	size_t vl = 0;
+	char *p, *lt, *gt;
+
+	if (n <= 0)
+		return 0;
+	buf[n] = '\0';
+	for (p = buf; *p && *p != '\n'; ) {
+		char *eol = strchr(p, '\n');
+		if (eol == NULL)
+			break;
+		if (strncasecmp(p, "From:", 5) == 0) {
+			char *q = p + 5;
+			/* unfold continuation lines */
+			for (;;) {
+				size_t k = (size_t)(eol - q);
+				if (vl + k + 1 >= sizeof(val))
+					return -1;
+				memcpy(val + vl, q, k);
+				vl += k;
+				val[vl++] = ' ';
+				if (eol[1] != ' ' && eol[1] != '\t')
+					break;
+				q = eol + 1;
+				eol = strchr(q, '\n');
+				if (eol == NULL)
+					return -1;
+			}
+			val[vl] = '\0';
+			break;
+		}
+		p = eol + 1;
+	}
+	if (vl == 0)
+		return 0;
+	if (strchr(val, ',') && !strchr(val, '"'))
+		return -1;
+	lt = strrchr(val, '<');
+	gt = lt ? strchr(lt, '>') : NULL;
+	if (lt && gt) {
+		*gt = '\0';
+		p = lt + 1;
+	} else {
+		p = val;
+		while (*p == ' ' || *p == '\t')
+			p++;
+		p[strcspn(p, " \t(")] = '\0';
+	}
+	if (strlen(p) >= cap)
+		return -1;
+	memcpy(addr, p, strlen(p) + 1);
+	return addr[0] ? 1 : 0;
 }
 
 static void smtpd_command(struct smtpd_session *s, char *line, size_t len)
@@ -834,8 +1307,7 @@ static void smtpd_command(struct smtpd_session *s, char *line, size_t len)
 		smtpd_starttls(s, cmd.arg);
 		break;
 	case SMTP_AUTH:
-		smtpd_reply(s, "502 5.5.1 AUTH not available on this port");
-		s->errors++;
+		smtpd_cmd_auth(s, (char *)cmd.arg);
 		break;
 	default:
 		smtpd_reply(s, "500 5.5.1 Command unrecognized");
@@ -891,7 +1363,8 @@ static void smtpd_process(struct smtpd_session *s)
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
 	for (;;) {
-		if (s->state == SMTPD_COMMIT || s->state == SMTPD_CLOSING || s->state == SMTPD_GREETING)
+		if (s->state == SMTPD_COMMIT || s->state == SMTPD_CLOSING || s->state == SMTPD_GREETING ||
+		    s->state == SMTPD_WAIT)
 			break;
 		if (s->state == SMTPD_BDAT) {
 			/* before the length test: "BDAT 0 LAST" has no bytes to wait for */
@@ -940,6 +1413,11 @@ static void smtpd_process(struct smtpd_session *s)
 		size_t len = (size_t)eol.pos;
 		evbuffer_remove(in, line, len + 2);
 		line[len] = '\0';
+		if (s->state == SMTPD_AUTH) {
+			smtpd_auth_line(s, line);
+			OPENSSL_cleanse(line, len);
+			continue;
+		}
 		smtpd_command(s, line, len);
 		if (s->errors >= SMTPD_MAX_ERRORS)
 			s->state = SMTPD_CLOSING;
@@ -953,7 +1431,7 @@ static void smtpd_process(struct smtpd_session *s)
 		smtpd_close(s);
 		return;
 	}
-	if (s->state != SMTPD_COMMIT) {
+	if (s->state != SMTPD_COMMIT && s->state != SMTPD_WAIT) {
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUT_MAX)
 			bufferevent_disable(s->bev, EV_READ);
 		else
@@ -1025,7 +1503,7 @@ static void smtpd_write_cb(struct bufferevent *bev, void *arg)
 		smtpd_close(s);
 		return;
 	}
-	if (s->state != SMTPD_COMMIT && s->state != SMTPD_GREETING) {
+	if (s->state != SMTPD_COMMIT && s->state != SMTPD_GREETING && s->state != SMTPD_WAIT) {
 		bufferevent_enable(s->bev, EV_READ);
 		if (evbuffer_get_length(bufferevent_get_input(s->bev)) > 0)
 			smtpd_process(s);
@@ -1038,7 +1516,7 @@ static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
 
 	(void)bev;
 	if (what & BEV_EVENT_TIMEOUT) {
-		if (s->state == SMTPD_COMMIT)
+		if (s->state == SMTPD_COMMIT || s->state == SMTPD_WAIT)
 			return;
 		if (s->state == SMTPD_CLOSING) {
 			/* the peer does not even take our last reply */
@@ -1075,6 +1553,12 @@ static void smtpd_free(struct smtpd_session *s)
 		return;
 	}
 	smtpd_tx_reset(s);
+	if (s->auth_req)
+		lookup_cancel(w->pool, s->auth_req);
+	if (s->auth_delay_ev)
+		event_free(s->auth_delay_ev);
+	free(s->auth_login);
+	free(s->auth_address);
 	if (s->greet_ev)
 		event_free(s->greet_ev);
 	if (s->close_ev)
@@ -1309,6 +1793,11 @@ int smtpd_main(struct kale_ctx *ctx)
 	}
 	w.base = event_base_new();
 	event_base_priority_init(w.base, 2);
+	w.pool = lookup_pool_new(w.base, ctx->cfg, 2, &error);
+	if (w.pool == NULL) {
+		log_event(LOG_LVL_ERROR, "smtpd.pool", "error", error, NULL);
+		xfree(&error);
+	}
 	w.commit_ev = event_new(w.base, -1, 0, smtpd_commit_cb, &w);
 	event_priority_set(w.commit_ev, 1);
 	w.flush_ev = event_new(w.base, -1, EV_PERSIST, smtpd_flush_cb, &w);
@@ -1320,7 +1809,8 @@ int smtpd_main(struct kale_ctx *ctx)
 	event_add(w.sig_usr2, NULL);
 	for (int i = 0; i < ctx->n_ls && w.n_lev < 16; i++) {
 		struct kale_listener *l = &ctx->ls[i];
-		if (l->kind != LISTEN_SMTP && l->kind != LISTEN_LOCAL)
+		if (l->kind != LISTEN_SMTP && l->kind != LISTEN_LOCAL &&
+		    l->kind != LISTEN_SUBMISSION && l->kind != LISTEN_SUBMISSIONS)
 			continue;
 		w.lctx[w.n_lev].w = &w;
 		w.lctx[w.n_lev].l = l;
@@ -1342,6 +1832,7 @@ out:
 		w.sessions->state = SMTPD_CMD;
 		smtpd_free(w.sessions);
 	}
+	lookup_pool_free(&w.pool);
 	store_log_flush(w.st);
 	store_close(&w.st);
 	event_free(w.commit_ev);
@@ -1353,4 +1844,40 @@ out:
 	close(w.incoming_fd);
 	log_event(LOG_LVL_INFO, "smtpd.stop", NULL);
 	return rc;
+}
+
+/* TEMPORARY weak fallbacks while src/lookup and src/auth are being written:
+ * the real (strong) definitions replace them. Removed at wiring time. */
+__attribute__((weak)) struct lookup_pool *lookup_pool_new(struct event_base *base,
+    const struct kale_config *cfg, int nthreads, char **error_r)
+{
+	(void)base; (void)cfg; (void)nthreads;
+	*error_r = xstrdup("lookup pool not built");
+	return NULL;
+}
+__attribute__((weak)) void lookup_pool_free(struct lookup_pool **pool) { (void)pool; }
+__attribute__((weak)) uint64_t lookup_pool_job(struct lookup_pool *pool, void (*work)(void *job),
+    void (*done)(void *job, int cancelled), void *job)
+{
+	(void)pool; (void)work;
+	done(job, 1);
+	return 0;
+}
+__attribute__((weak)) void lookup_cancel(struct lookup_pool *pool, uint64_t id) { (void)pool; (void)id; }
+__attribute__((weak)) int auth_settings_get(const struct kale_config *cfg, struct auth_settings *s_r,
+    char **error_r)
+{
+	(void)cfg; (void)error_r;
+	memset(s_r, 0, sizeof(*s_r));
+	s_r->enable = s_r->tls_only = s_r->fake_sender_control = s_r->username_address = 1;
+	s_r->timeout = 15;
+	snprintf(s_r->method, sizeof(s_r->method), "localdb");
+	return 0;
+}
+__attribute__((weak)) enum auth_result auth_check(const struct kale_config *cfg, const char *user,
+    const char *password, char **address_r, char **detail_r)
+{
+	(void)cfg; (void)user; (void)password; (void)address_r;
+	*detail_r = xstrdup("auth not built");
+	return AUTH_TEMPFAIL;
 }

@@ -60,8 +60,73 @@ static const char *const store_mig1[] = {
 	NULL
 };
 
+/* Version 2 (H11, recipient verification; store_verify.c):
+ *   verify_profiles(name PK NOCASE, type, url, query, base, filter, bind_dn,
+ *                   bind_password, route_attr, starttls, mode, ttl_found,
+ *                   ttl_missing, fallback)
+ *   verify_cache(profile, address, result 0 found|1 missing, route, expires)
+ * Triggers empty the cache of localdb profiles whenever users, aliases or
+ * domains change, whoever changes them. */
+#define STORE_VERIFY_FLUSH_LOCAL \
+	" BEGIN DELETE FROM verify_cache WHERE profile IN" \
+	" (SELECT name FROM verify_profiles WHERE type = 'localdb'); END"
+static const char *const store_mig2[] = {
+	"CREATE TABLE verify_profiles ("
+	" name TEXT PRIMARY KEY COLLATE NOCASE,"
+	" type TEXT NOT NULL,"
+	" url TEXT NOT NULL DEFAULT '',"
+	" query TEXT NOT NULL DEFAULT '',"
+	" base TEXT NOT NULL DEFAULT '',"
+	" filter TEXT NOT NULL DEFAULT '',"
+	" bind_dn TEXT NOT NULL DEFAULT '',"
+	" bind_password TEXT NOT NULL DEFAULT '',"
+	" route_attr TEXT NOT NULL DEFAULT 'mailHost',"
+	" starttls INTEGER NOT NULL DEFAULT 0,"
+	" mode TEXT NOT NULL DEFAULT 'realtime',"
+	" ttl_found INTEGER NOT NULL DEFAULT 3600,"
+	" ttl_missing INTEGER NOT NULL DEFAULT 600,"
+	" fallback TEXT NOT NULL DEFAULT '' COLLATE NOCASE)",
+	"CREATE TABLE verify_cache ("
+	" profile TEXT NOT NULL COLLATE NOCASE,"
+	" address TEXT NOT NULL,"
+	" result INTEGER NOT NULL,"
+	" route TEXT,"
+	" expires INTEGER NOT NULL,"
+	" PRIMARY KEY (profile, address))",
+	"CREATE INDEX verify_cache_expires ON verify_cache(expires)",
+	"CREATE TRIGGER verify_flush_ui AFTER INSERT ON users" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_uu AFTER UPDATE ON users" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_ud AFTER DELETE ON users" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_ai AFTER INSERT ON aliases" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_au AFTER UPDATE ON aliases" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_ad AFTER DELETE ON aliases" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_di AFTER INSERT ON domains" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_du AFTER UPDATE ON domains" STORE_VERIFY_FLUSH_LOCAL,
+	"CREATE TRIGGER verify_flush_dd AFTER DELETE ON domains" STORE_VERIFY_FLUSH_LOCAL,
+	NULL
+};
+
+/* Version 3 (H12, SMTP AUTH; store_auth.c):
+ *   auth_settings(key PK, value)          unset keys take src/auth defaults
+ *   auth_servers(id PK, position, proto pop3|imap, tls plain|ssl|starttls,
+ *                host, port, enabled)     tried in position order */
+static const char *const store_mig3[] = {
+	"CREATE TABLE auth_settings ("
+	" key TEXT PRIMARY KEY,"
+	" value TEXT NOT NULL)",
+	"CREATE TABLE auth_servers ("
+	" id INTEGER PRIMARY KEY,"
+	" position INTEGER NOT NULL,"
+	" proto TEXT NOT NULL,"
+	" tls TEXT NOT NULL,"
+	" host TEXT NOT NULL,"
+	" port INTEGER NOT NULL,"
+	" enabled INTEGER NOT NULL DEFAULT 1)",
+	NULL
+};
+
 /* migrations[i] brings the schema from version i to i + 1 */
-static const char *const *const store_migrations[] = { store_mig1 };
+static const char *const *const store_migrations[] = { store_mig1, store_mig2, store_mig3 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 
 int store_err(char **error_r, const char *fmt, ...)

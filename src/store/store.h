@@ -121,4 +121,67 @@ struct store_log_query {
 int store_log_search(store *st, const struct store_log_query *q,
     int (*cb)(void *ctx, const struct store_log_row *row), void *ctx);
 
+/* ---- recipient verification profiles and their cache (store_verify.c;
+ * added by H11 for issue 5, schema version 2) ---- */
+struct store_verify {
+	char name[64];           /* [A-Za-z0-9._-], matched case-insensitively */
+	char type[16];           /* localdb mysql pgsql ldap smtp */
+	char url[512];           /* mysql://, postgresql://, ldap[s]:// */
+	char query[1024];        /* SQL template with %m %u %d */
+	char base[512];          /* LDAP base DN */
+	char filter[1024];       /* LDAP filter template */
+	char bind_dn[512];       /* "" = anonymous */
+	char bind_password[256];
+	char route_attr[64];     /* default "mailHost" */
+	int starttls;            /* ldap:// + StartTLS (required) */
+	char mode[16];           /* "realtime" or "cache" */
+	int ttl_found, ttl_missing;   /* seconds */
+	char fallback[64];       /* "" = none */
+};
+/* Adds a profile (checks the name, type, mode, TTLs and that the fallback
+ * exists; backend-specific fields are checked by the caller). 0 or -1. */
+int store_verify_add(store *st, const struct store_verify *v, char **error_r);
+/* 1 found (fills *v_r), 0 missing, -1 error. */
+int store_verify_get(store *st, const char *name, struct store_verify *v_r);
+/* Refused while a domain or another profile's fallback uses the profile.
+ * Also drops its cached answers. */
+int store_verify_del(store *st, const char *name, char **error_r);
+int store_verify_list(store *st, int (*cb)(void *ctx, const struct store_verify *v), void *ctx);
+/* Cache: result 0 found, 1 missing (errors are never cached). get returns
+ * 1 hit (fills *result_r and route[cap], "" if none), 0 miss or expired, -1 error. */
+int store_verify_cache_get(store *st, const char *profile, const char *address, int64_t now,
+    int *result_r, char *route, size_t cap);
+int store_verify_cache_put(store *st, const char *profile, const char *address, int result,
+    const char *route, int64_t expires);
+/* Drops the cached answers of PROFILE (NULL: all). Returns the number of rows
+ * dropped, or -1. */
+long store_verify_cache_flush(store *st, const char *profile, char **error_r);
+
+/* ---- SMTP AUTH (store_auth.c; added by H12) ---- */
+/* Settings are key/value rows; src/auth/ validates and interprets them.
+ * store_auth_get: 1 found (value copied), 0 never set, -1 error. */
+int store_auth_get(store *st, const char *key, char *value, size_t cap);
+int store_auth_set(store *st, const char *key, const char *value, char **error_r);
+
+struct store_auth_server {
+	int64_t id;
+	int position;         /* 1-based order of trial */
+	char proto[8];        /* "pop3" | "imap" */
+	char tls[16];         /* "plain" | "ssl" | "starttls" */
+	char host[256];       /* name, IPv4 or IPv6 literal (no brackets) */
+	int port;
+	int enabled;
+};
+/* Checks the fields (add calls it too). 0 ok, -1 with *error_r. */
+int store_auth_server_check(const struct store_auth_server *srv, char **error_r);
+/* Appends at the end; *id_r (may be NULL) gets the new id. At most 100 servers. */
+int store_auth_server_add(store *st, const struct store_auth_server *srv, int64_t *id_r,
+    char **error_r);
+int store_auth_server_del(store *st, int64_t id, char **error_r);
+/* Moves server ID to 1-based POSITION (past the end = last); others shift. */
+int store_auth_server_move(store *st, int64_t id, int position, char **error_r);
+/* In position order; stops early if cb returns non-zero. 0 ok, -1 error. */
+int store_auth_server_list(store *st, int (*cb)(void *ctx, const struct store_auth_server *srv),
+    void *ctx);
+
 #endif

@@ -3,8 +3,6 @@ Delivered-To headers, aliases, the null sender, unqualified postmaster, mbox."""
 import os
 import re
 
-import pytest
-
 from conftest import (SmtpRaw, kale_wait, smtp_expect, smtp_msg, smtp_qid, smtp_send)
 
 

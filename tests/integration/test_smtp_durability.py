@@ -373,3 +373,34 @@ def test_qmgr_killed_during_burst_loses_nothing(kale):
     for tok, ms in got.items():
         for m in ms:
             check_complete(tok, m)
+
+
+def queued_qids(k):
+    import json
+    p = k.ctl("queue", "list", "--json")
+    return {e["qid"] for e in json.loads(p.stdout)}
+
+
+def test_sigterm_keeps_undelivered_queue(kale_factory):
+    """Messages that cannot be delivered yet (their next hop is down) are
+    still queued, unchanged, after SIGTERM and a restart."""
+    from conftest import free_port
+    k = kale_factory(start=False)
+    k.ctl("domain", "add", "dead.test", "--relay", "127.0.0.1:%d" % free_port())
+    k.ctl("alias", "add", "fwd@example.test", "x@dead.test")
+    k.start()
+    qids = set()
+    for i in range(3):
+        qids.add(smtp_qid(smtp_send(k.port, "b@other.test", ["fwd@example.test"],
+                                    smtp_msg("stuck %d" % i))))
+    assert kale_wait(lambda: qids <= queued_qids(k), 10), (qids, queued_qids(k))
+    t0 = time.time()
+    k.proc.send_signal(signal.SIGTERM)
+    k.proc.wait(timeout=15)
+    assert time.time() - t0 < 11, "kaled took more than 10 s to stop"
+    k.log.close()
+    k.proc = None
+    assert qids <= queued_qids(k), "queue not intact after SIGTERM"
+    k.start()
+    time.sleep(1.0)
+    assert qids <= queued_qids(k), "queue not intact after restart"
