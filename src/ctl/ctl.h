@@ -85,6 +85,8 @@ int ctl_log_cmd(struct ctl *c, int argc, char **argv);
 int ctl_queue_cmd(struct ctl *c, int argc, char **argv);
 int ctl_queue_status(struct ctl *c, int argc, char **argv);
 int ctl_queue_reload(struct ctl *c, int argc, char **argv);
+/* verify add|list|del|flush|test (ctl_verify.c; added by H11) */
+int ctl_verify_cmd(struct ctl *c, int argc, char **argv);
 /* ctl_auth.c (H12): auth set|show|server ...|test */
 int ctl_auth_cmd(struct ctl *c, int argc, char **argv);
 

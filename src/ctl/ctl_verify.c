@@ -59,8 +59,7 @@ static int ctl_verify_add(struct ctl *c, int argc, char **argv)
 		return ctl_usage("--bind-password-stdin goes with --bind-dn");
 	if (bind_dn != NULL && !pw_stdin)
 		return ctl_usage("--bind-dn needs --bind-password-stdin");
-	if ((url || base || filter || bind_dn || route || starttls) && strcmp(type, "ldap") != 0 &&
-	    (base || filter || bind_dn || route || starttls))
+	if ((base || filter || bind_dn || route || starttls) && strcmp(type, "ldap") != 0)
 		return ctl_usage("--base, --filter, --bind-dn, --route-attribute and --starttls are for --type ldap");
 	if (query != NULL && strcmp(type, "mysql") != 0 && strcmp(type, "pgsql") != 0)
 		return ctl_usage("--query is for --type mysql or pgsql");

@@ -21,6 +21,7 @@ static const struct ctl_group ctl_groups[] = {
 	{ "network", ctl_policy_network, 1 },
 	{ "auth", ctl_auth_cmd, 1 },
 	{ "log", ctl_log_cmd, 1 },
+	{ "verify", ctl_verify_cmd, 1 },
 	{ "queue", ctl_queue_cmd, 1 },
 	{ "status", ctl_queue_status, 0 },
 	{ "reload", ctl_queue_reload, 0 },

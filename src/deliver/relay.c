@@ -188,7 +188,6 @@ int relay_route_parse(const char *route, int default_port, char *host, size_t ca
 /* ---------- helpers ---------- */
 
 static void relay_conn_free(struct relay_conn *c);
-static void relay_dest_kick(struct relay_dest *d);
 static void relay_try_hop(struct relay_conn *c);
 static void relay_conn_next(struct relay_conn *c);
 
@@ -552,3 +551,655 @@ static void relay_mx_cb(void *arg, enum dns_status st, const struct dns_mx *mx, 
 	}
 }
 
+static void relay_conn_new(struct relay *r, struct relay_dest *d)
+{
+	struct relay_conn *c = xcalloc(1, sizeof(*c));
+
+	c->r = r;
+	c->d = d;
+	c->next = r->conns;
+	r->conns = c;
+	r->n_conns++;
+	d->n_conns++;
+	d->n_connecting++;
+	c->st = RS_RESOLVE;
+	c->no_tls = 0;
+	if (relay_route_parse(d->route, 25, c->domain, sizeof(c->domain), &c->port, &c->is_mx) < 0) {
+		c->err_code = 451;
+		util_fmt(c->err_status, sizeof(c->err_status), "4.3.5");
+		util_fmt(c->err_text, sizeof(c->err_text), "bad route '%.200s'", d->route);
+		relay_conn_give_up(c);
+		return;
+	}
+	if (c->is_mx) {
+		c->port = r->cfg->remote_port > 0 ? r->cfg->remote_port : 25;
+		dns_mx(r->dns, c->domain, relay_mx_cb, c);
+	} else {
+		dns_addr(r->dns, c->domain, c->port, relay_addr_cb, c);
+	}
+}
+
+static void relay_conn_unlink_idle(struct relay_conn *c)
+{
+	struct relay_conn **pp = &c->d->idle;
+
+	while (*pp && *pp != c)
+		pp = &(*pp)->idle_next;
+	if (*pp)
+		*pp = c->idle_next;
+	c->idle_next = NULL;
+	if (c->idle_ev)
+		event_del(c->idle_ev);
+}
+
+static void relay_conn_free(struct relay_conn *c)
+{
+	struct relay *r = c->r;
+	struct relay_conn **pp = &r->conns;
+
+	while (*pp && *pp != c)
+		pp = &(*pp)->next;
+	if (*pp)
+		*pp = c->next;
+	r->n_conns--;
+	c->d->n_conns--;
+	if (c->st < RS_IDLE)
+		c->d->n_connecting--;
+	if (c->st == RS_IDLE)
+		relay_conn_unlink_idle(c);
+	if (c->bev)
+		bufferevent_free(c->bev);
+	if (c->idle_ev)
+		event_free(c->idle_ev);
+	free(c->accepted);
+	/* others may be waiting for a connection slot */
+	event_active(r->kick_ev, 0, 0);
+	free(c);
+}
+
+/* ---------- the transaction ---------- */
+
+static void relay_tx_send(struct relay_conn *c);
+
+static void relay_tx_finish(struct relay_conn *c)
+{
+	struct relay_job *job = c->job;
+
+	c->job = NULL;
+	free(c->accepted);
+	c->accepted = NULL;
+	for (int i = 0; i < job->n_rcpt; i++)
+		if (job->rcpt[i].code == 0)
+			relay_set_result(&job->rcpt[i], 451, "4.4.2", "no reply from the next hop");
+	relay_job_done(c->r, job);
+	relay_conn_next(c);
+}
+
+static void relay_tx_begin(struct relay_conn *c)
+{
+	struct relay_job *job = c->job;
+
+	util_fmt(job->relay_host, sizeof(job->relay_host), "%s", c->peer);
+	c->accepted = xcalloc((size_t)job->n_rcpt + 1, 1);
+	c->cmd_i = c->reply_i = c->n_ok = c->mail_failed = c->got_reply = 0;
+	c->body_off = 0;
+	c->stuff.at_bol = 1;
+	if (c->x_size && c->size_max > 0 && job->body_len > c->size_max) {
+		char t[RELAY_TEXT_MAX];
+		util_fmt(t, sizeof(t), "message size %llu exceeds the limit %llu of %s",
+		    (unsigned long long)job->body_len, (unsigned long long)c->size_max, c->peer);
+		c->st = RS_TX;
+		for (int i = 0; i < job->n_rcpt; i++)
+			relay_set_result(&job->rcpt[i], 552, "5.3.4", t);
+		relay_tx_finish(c);
+		return;
+	}
+	if (job->smtputf8 && !c->x_utf8) {
+		char t[RELAY_TEXT_MAX];
+		util_fmt(t, sizeof(t), "SMTPUTF8 is required, but was not offered by %s", c->peer);
+		c->st = RS_TX;
+		for (int i = 0; i < job->n_rcpt; i++)
+			relay_set_result(&job->rcpt[i], 553, "5.6.7", t);
+		relay_tx_finish(c);
+		return;
+	}
+	c->st = RS_TX;
+	relay_timeouts(c, RELAY_CMD_SECS);
+	bufferevent_setwatermark(c->bev, EV_WRITE, RELAY_OUT_HIGH / 4, 0);
+	relay_tx_send(c);
+}
+
+/* Writes the next commands: all of them with PIPELINING, else one at a time. */
+static void relay_tx_send(struct relay_conn *c)
+{
+	struct relay_job *job = c->job;
+
+	while (c->cmd_i <= job->n_rcpt + 1 && (c->x_pipe || c->cmd_i == c->reply_i)) {
+		if (c->cmd_i == 0) {
+			char size[40] = "";
+			if (c->x_size)
+				util_fmt(size, sizeof(size), " SIZE=%llu", (unsigned long long)job->body_len);
+			relay_send(c, "MAIL FROM:<%s>%s%s%s\r\n", job->sender, size,
+			    job->body8bit && c->x_8bit ? " BODY=8BITMIME" : "",
+			    job->smtputf8 && c->x_utf8 ? " SMTPUTF8" : "");
+		} else if (c->cmd_i <= job->n_rcpt) {
+			relay_send(c, "RCPT TO:<%s>\r\n", job->rcpt[c->cmd_i - 1].addr);
+		} else {
+			if (!c->x_pipe && (c->n_ok == 0 || c->mail_failed)) {
+				c->dirty = 1;
+				relay_tx_finish(c);
+				return;
+			}
+			relay_send(c, "DATA\r\n");
+		}
+		c->cmd_i++;
+	}
+}
+
+/* Returns -1 when c is gone. */
+static int relay_body_fill(struct relay_conn *c)
+{
+	struct evbuffer *out = bufferevent_get_output(c->bev);
+	char in[RELAY_CHUNK], wire[2 * RELAY_CHUNK];
+
+	while (c->st == RS_BODY && evbuffer_get_length(out) < RELAY_OUT_HIGH) {
+		uint64_t left = c->job->body_len - c->body_off;
+		size_t want = left < sizeof(in) ? (size_t)left : sizeof(in);
+		ssize_t n;
+
+		if (want == 0) {
+			size_t w = relay_stuff_end(&c->stuff, wire);
+			evbuffer_add(out, wire, w);
+			c->st = RS_DOT;
+			relay_timeouts(c, RELAY_DOT_SECS);
+			return 0;
+		}
+		n = pread(c->job->fd, in, want, (off_t)c->body_off);
+		if (n <= 0) {
+			/* cannot finish the data: drop the connection so the next
+			 * hop never sees an end of data */
+			struct relay_job *job = c->job;
+			c->job = NULL;
+			relay_job_fail(c->r, job, 451, "4.3.0", "cannot read the queue file");
+			relay_conn_free(c);
+			return -1;
+		}
+		c->body_off += (uint64_t)n;
+		evbuffer_add(out, wire, relay_stuff(&c->stuff, in, (size_t)n, wire));
+	}
+	return 0;
+}
+
+/* A reply during the transaction. Returns -1 when c is gone. */
+static int relay_tx_reply(struct relay_conn *c, int code, const char *status, const char *text)
+{
+	struct relay_job *job = c->job;
+	int i;
+
+	c->got_reply = 1;
+	if (c->st == RS_DOT || c->st == RS_BODY) {
+		for (int k = 0; k < job->n_rcpt; k++)
+			if (c->accepted[k])
+				relay_set_result(&job->rcpt[k], code, status, text);
+		if (c->st == RS_BODY) {
+			/* the next hop spoke before the end of data: give up the link */
+			struct relay_job *j = c->job;
+			c->job = NULL;
+			relay_job_fail(c->r, j, 451, "4.4.2", "next hop replied during the data");
+			relay_conn_free(c);
+			return -1;
+		}
+		c->dirty = 0;     /* the end of data ends the transaction either way */
+		relay_tx_finish(c);
+		return 0;
+	}
+	i = c->reply_i++;
+	if (i == 0) {
+		if (code / 100 != 2) {
+			c->mail_failed = 1;
+			for (int k = 0; k < job->n_rcpt; k++)
+				relay_set_result(&job->rcpt[k], code, status, text);
+		}
+	} else if (i <= job->n_rcpt) {
+		if (!c->mail_failed) {
+			if (code / 100 == 2) {
+				c->accepted[i - 1] = 1;
+				c->n_ok++;
+			} else {
+				relay_set_result(&job->rcpt[i - 1], code, status, text);
+			}
+		}
+	} else {
+		/* the DATA reply */
+		if (code == 354) {
+			if (c->n_ok == 0 || c->mail_failed) {
+				/* nothing to send: end the data at once */
+				relay_send(c, ".\r\n");
+				c->st = RS_DOT;
+				for (int k = 0; k < job->n_rcpt; k++)
+					c->accepted[k] = 0;
+				return 0;
+			}
+			c->st = RS_BODY;
+			return relay_body_fill(c);
+		}
+		if (!c->mail_failed)
+			for (int k = 0; k < job->n_rcpt; k++)
+				if (c->accepted[k])
+					relay_set_result(&job->rcpt[k], code, status, text);
+		c->dirty = 1;
+		relay_tx_finish(c);
+		return 0;
+	}
+	if (!c->x_pipe)
+		relay_tx_send(c);
+	return 0;
+}
+
+/* ---------- connection use ---------- */
+
+static void relay_idle_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct relay_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	relay_conn_unlink_idle(c);
+	c->st = RS_QUIT;
+	relay_timeouts(c, 10);
+	relay_send(c, "QUIT\r\n");
+}
+
+/* The connection is free: take the next job of its destination or idle. */
+static void relay_conn_next(struct relay_conn *c)
+{
+	struct relay_dest *d = c->d;
+
+	c->job = relay_dest_pop(d);
+	if (c->job == NULL) {
+		c->st = RS_IDLE;
+		c->idle_next = d->idle;
+		d->idle = c;
+		if (c->idle_ev == NULL)
+			c->idle_ev = evtimer_new(c->r->base, relay_idle_cb, c);
+		{
+			struct timeval tv = { RELAY_IDLE_SECS, 0 };
+			evtimer_add(c->idle_ev, &tv);
+		}
+		bufferevent_set_timeouts(c->bev, NULL, NULL);
+		return;
+	}
+	if (c->dirty) {
+		c->st = RS_RSET;
+		relay_timeouts(c, RELAY_CMD_SECS);
+		relay_send(c, "RSET\r\n");
+		return;
+	}
+	relay_tx_begin(c);
+}
+
+/* The connection is ready for transactions (after EHLO, maybe TLS). */
+static void relay_conn_ready(struct relay_conn *c)
+{
+	if (c->d->tls_require && !c->tls_on) {
+		char t[RELAY_TEXT_MAX];
+		util_fmt(t, sizeof(t), "TLS is required, but was not offered by %s", c->peer);
+		relay_hop_failed(c, 451, "4.7.5", t);
+		return;
+	}
+	c->d->n_connecting--;
+	c->dirty = 0;
+	c->reused = 0;
+	relay_conn_next(c);
+}
+
+static void relay_ehlo_line(struct relay_conn *c, const char *kw)
+{
+	if (strncasecmp(kw, "PIPELINING", 10) == 0 && (kw[10] == '\0' || kw[10] == ' '))
+		c->x_pipe = 1;
+	else if (strncasecmp(kw, "8BITMIME", 8) == 0 && (kw[8] == '\0' || kw[8] == ' '))
+		c->x_8bit = 1;
+	else if (strncasecmp(kw, "STARTTLS", 8) == 0 && (kw[8] == '\0' || kw[8] == ' '))
+		c->x_tls = 1;
+	else if (strncasecmp(kw, "SMTPUTF8", 8) == 0 && (kw[8] == '\0' || kw[8] == ' '))
+		c->x_utf8 = 1;
+	else if (strncasecmp(kw, "SIZE", 4) == 0 && (kw[4] == '\0' || kw[4] == ' ')) {
+		long long v;
+		c->x_size = 1;
+		if (kw[4] == ' ' && util_strtonum(kw + 5, 0, (long long)1 << 50, &v) == 0)
+			c->size_max = (uint64_t)v;
+	}
+}
+
+static void relay_start_tls(struct relay_conn *c)
+{
+	SSL *ssl = SSL_new(c->r->tls);
+	struct bufferevent *tb;
+
+	if (ssl == NULL) {
+		relay_hop_failed(c, 451, "4.7.5", "cannot create a TLS session");
+		return;
+	}
+	{
+		struct in6_addr tmp;
+		const char *h = c->hops[c->cur].host;
+		if (inet_pton(AF_INET, h, &tmp) != 1 && inet_pton(AF_INET6, h, &tmp) != 1)
+			SSL_set_tlsext_host_name(ssl, h);
+	}
+	/* nothing the peer sent before the handshake may be read as TLS-protected */
+	evbuffer_drain(bufferevent_get_input(c->bev), evbuffer_get_length(bufferevent_get_input(c->bev)));
+	tb = bufferevent_openssl_filter_new(c->r->base, c->bev, ssl, BUFFEREVENT_SSL_CONNECTING,
+	    BEV_OPT_CLOSE_ON_FREE);
+	if (tb == NULL) {
+		SSL_free(ssl);
+		relay_hop_failed(c, 451, "4.7.5", "cannot start TLS");
+		return;
+	}
+	c->bev = tb;
+	c->st = RS_TLS;
+	bufferevent_setcb(c->bev, relay_read_cb, relay_write_cb, relay_event_cb, c);
+	relay_timeouts(c, RELAY_CONNECT_SECS);
+	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
+}
+
+/* A complete reply before the connection is ready. Returns -1 when c is gone
+ * or was replaced. */
+static int relay_setup_reply(struct relay_conn *c, int code, const char *status, const char *text)
+{
+	char t[RELAY_TEXT_MAX + 64];
+
+	switch (c->st) {
+	case RS_BANNER:
+		if (code != 220) {
+			util_fmt(t, sizeof(t), "%s refused to talk: %d %s %s", c->peer, code, status, text);
+			relay_hop_failed(c, code / 100 == 5 ? 451 : code, "4.4.1", t);
+			return -1;
+		}
+		c->st = RS_EHLO;
+		c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = 0;
+		relay_send(c, "EHLO %s\r\n", c->r->cfg->hostname);
+		return 0;
+	case RS_EHLO:
+		if (code / 100 == 2) {
+			if (c->x_tls && !c->tls_on && !c->no_tls && c->r->tls) {
+				c->st = RS_STARTTLS;
+				relay_send(c, "STARTTLS\r\n");
+				return 0;
+			}
+			relay_conn_ready(c);
+			return -1;
+		}
+		c->st = RS_HELO;
+		relay_send(c, "HELO %s\r\n", c->r->cfg->hostname);
+		return 0;
+	case RS_HELO:
+		if (code / 100 == 2) {
+			relay_conn_ready(c);
+			return -1;
+		}
+		util_fmt(t, sizeof(t), "%s refused HELO: %d %s %s", c->peer, code, status, text);
+		relay_hop_failed(c, 451, "4.4.1", t);
+		return -1;
+	case RS_STARTTLS:
+		if (code == 220) {
+			relay_start_tls(c);
+			return -1;
+		}
+		relay_conn_ready(c);    /* fails it when TLS is required */
+		return -1;
+	case RS_RSET:
+		if (code / 100 == 2) {
+			c->dirty = 0;
+			relay_tx_begin(c);
+			return -1;
+		}
+		{
+			struct relay_job *job = c->job;
+			c->job = NULL;
+			relay_dest_push_head(c->d, job);
+			relay_conn_free(c);
+		}
+		return -1;
+	case RS_QUIT:
+		relay_conn_free(c);
+		return -1;
+	default:
+		/* unexpected talk (e.g. while idle): drop the link */
+		relay_conn_free(c);
+		return -1;
+	}
+}
+
+static void relay_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct relay_conn *c = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+
+	for (;;) {
+		size_t len;
+		char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+		char text[RELAY_TEXT_MAX], status[16];
+		const char *rest;
+		int code, last, rc;
+
+		if (line == NULL) {
+			if (evbuffer_get_length(in) > RELAY_LINE_MAX) {
+				if (c->job) {
+					struct relay_job *job = c->job;
+					c->job = NULL;
+					relay_job_fail(c->r, job, 451, "4.4.2", "next hop sent an over-long line");
+					relay_conn_free(c);
+				} else {
+					relay_hop_failed(c, 451, "4.4.2", "next hop sent an over-long line");
+				}
+			}
+			return;
+		}
+		if (len < 3 || line[0] < '2' || line[0] > '5' || line[1] < '0' || line[1] > '9' ||
+		    line[2] < '0' || line[2] > '9' || (len > 3 && line[3] != ' ' && line[3] != '-') ||
+		    ++c->n_lines > RELAY_REPLY_LINES_MAX) {
+			free(line);
+			if (c->job) {
+				struct relay_job *job = c->job;
+				c->job = NULL;
+				relay_job_fail(c->r, job, 451, "4.4.2", "next hop sent a malformed reply");
+				relay_conn_free(c);
+			} else {
+				relay_hop_failed(c, 451, "4.4.2", "next hop sent a malformed reply");
+			}
+			return;
+		}
+		code = (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
+		last = len == 3 || line[3] == ' ';
+		if (c->st == RS_EHLO && c->n_lines > 1 && len > 4)
+			relay_ehlo_line(c, line + 4);
+		if (!last) {
+			free(line);
+			continue;
+		}
+		c->n_lines = 0;
+		relay_clean(text, sizeof(text), len > 4 ? line + 4 : "", len > 4 ? len - 4 : 0);
+		free(line);
+		relay_enh(code, text, status, sizeof(status), &rest);
+		if (c->st == RS_TX || c->st == RS_BODY || c->st == RS_DOT)
+			rc = relay_tx_reply(c, code, status, rest);
+		else
+			rc = relay_setup_reply(c, code, status, rest);
+		if (rc < 0 || c->bev != bev)
+			return;
+	}
+}
+
+static void relay_write_cb(struct bufferevent *bev, void *arg)
+{
+	struct relay_conn *c = arg;
+
+	(void)bev;
+	if (c->st == RS_BODY)
+		relay_body_fill(c);
+}
+
+static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct relay_conn *c = arg;
+	char t[RELAY_TEXT_MAX];
+
+	(void)bev;
+	if (what & BEV_EVENT_CONNECTED) {
+		if (c->st == RS_CONNECT) {
+			c->st = RS_BANNER;
+			relay_timeouts(c, RELAY_CMD_SECS);
+		} else if (c->st == RS_TLS) {
+			c->tls_on = 1;
+			c->st = RS_EHLO;
+			relay_timeouts(c, RELAY_CMD_SECS);
+			relay_send(c, "EHLO %s\r\n", c->r->cfg->hostname);
+		}
+		return;
+	}
+	util_fmt(t, sizeof(t), "%s with %s",
+	    (what & BEV_EVENT_TIMEOUT) ? "timeout" : (what & BEV_EVENT_EOF) ? "lost connection" :
+	    "connection error", c->peer);
+	if (c->st == RS_CONNECT && (what & BEV_EVENT_ERROR)) {
+		int e = EVUTIL_SOCKET_ERROR();
+		util_fmt(t, sizeof(t), "connect to %s: %s", c->peer, e ? strerror(e) : "failed");
+	}
+	if (c->st == RS_TLS && !c->d->tls_require) {
+		/* opportunistic TLS failed: try the same host again in plain text */
+		c->no_tls = 1;
+		bufferevent_free(c->bev);
+		c->bev = NULL;
+		c->tls_on = 0;
+		relay_try_hop(c);
+		return;
+	}
+	if (c->st < RS_IDLE) {
+		relay_hop_failed(c, 451, "4.4.1", t);
+		return;
+	}
+	if (c->job) {
+		struct relay_job *job = c->job;
+		c->job = NULL;
+		if (c->reused && !c->got_reply && !job->requeued) {
+			/* a reused link that the peer had closed: not the job's fault */
+			job->requeued = 1;
+			relay_dest_push_head(c->d, job);
+		} else {
+			relay_job_fail(c->r, job, 451, "4.4.2", t);
+		}
+	}
+	relay_conn_free(c);
+}
+
+/* ---------- destinations ---------- */
+
+static struct relay_dest *relay_dest_get(struct relay *r, const char *route, int tls_require)
+{
+	struct relay_dest *d;
+
+	for (d = r->dests; d; d = d->next)
+		if (d->tls_require == tls_require && strcmp(d->route, route) == 0)
+			return d;
+	d = xcalloc(1, sizeof(*d));
+	util_fmt(d->route, sizeof(d->route), "%s", route);
+	d->tls_require = tls_require;
+	d->next = r->dests;
+	r->dests = d;
+	return d;
+}
+
+static void relay_kick_all(struct relay *r)
+{
+	for (struct relay_dest *d = r->dests; d; d = d->next) {
+		while (d->qhead && d->idle) {
+			struct relay_conn *c = d->idle;
+			relay_conn_unlink_idle(c);
+			c->reused = 1;
+			bufferevent_set_timeouts(c->bev, NULL, NULL);
+			relay_conn_next(c);
+		}
+		while (d->n_queued > d->n_connecting && d->n_conns < RELAY_DEST_CONCURRENCY &&
+		    r->n_conns < RELAY_MAX_CONNS)
+			relay_conn_new(r, d);
+	}
+}
+
+static void relay_kick_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	relay_kick_all(arg);
+}
+
+void relay_submit(struct relay *r, struct relay_job *job)
+{
+	struct relay_dest *d = relay_dest_get(r, job->route, job->tls_require);
+
+	job->next = NULL;
+	job->requeued = 0;
+	for (int i = 0; i < job->n_rcpt; i++) {
+		job->rcpt[i].code = 0;
+		job->rcpt[i].status[0] = '\0';
+	}
+	if (d->qtail)
+		d->qtail->next = job;
+	else
+		d->qhead = job;
+	d->qtail = job;
+	d->n_queued++;
+	r->n_jobs++;
+	event_active(r->kick_ev, 0, 0);
+}
+
+int relay_pending(const struct relay *r)
+{
+	return r->n_jobs;
+}
+
+struct relay *relay_new(struct event_base *base, const struct kale_config *cfg, char **error_r)
+{
+	struct relay *r = xcalloc(1, sizeof(*r));
+	char *terr = NULL;
+
+	r->base = base;
+	r->cfg = cfg;
+	r->dns = dns_new(base, &cfg->dns_servers, error_r);
+	if (r->dns == NULL) {
+		free(r);
+		return NULL;
+	}
+	r->tls = tls_client_ctx(&terr);
+	if (r->tls == NULL) {
+		/* STARTTLS is then never tried; routes that require TLS defer */
+		log_event(LOG_LVL_WARN, "relay.tls", "error", terr, NULL);
+		free(terr);
+	}
+	r->done_ev = event_new(base, -1, 0, relay_done_cb, r);
+	r->kick_ev = event_new(base, -1, 0, relay_kick_cb, r);
+	return r;
+}
+
+void relay_free(struct relay **rp)
+{
+	struct relay *r = *rp;
+
+	if (r == NULL)
+		return;
+	dns_free(&r->dns);
+	while (r->conns) {
+		struct relay_conn *c = r->conns;
+		c->job = NULL;
+		relay_conn_free(c);
+	}
+	while (r->dests) {
+		struct relay_dest *d = r->dests;
+		r->dests = d->next;
+		free(d);
+	}
+	event_free(r->done_ev);
+	event_free(r->kick_ev);
+	if (r->tls)
+		SSL_CTX_free(r->tls);
+	free(r);
+	*rp = NULL;
+}

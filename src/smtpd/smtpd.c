@@ -85,6 +85,14 @@ struct smtpd_tx {
 
 struct smtpd_worker;
 
+/* A RCPT waiting for its verification profile. */
+struct smtpd_rcptwait {
+	struct smtp_path p;
+	char addr[300];
+	struct store_domain dom;
+	uint64_t req;
+};
+
 struct smtpd_session {
 	struct smtpd_worker *w;
 	struct bufferevent *bev;
@@ -107,9 +115,11 @@ struct smtpd_session {
 	char *auth_login;          /* LOGIN: the user name given */
 	char *auth_address;        /* authenticated address, NULL if none */
 	uint64_t auth_req;         /* pending pool request */
+	struct smtpd_rcptwait *rw; /* pending recipient verification */
 	struct event *auth_delay_ev;
 	int auth_fails;
 	int discard_line;          /* skipping the rest of an over-long line */
+	int busy;                  /* inside smtpd_process */
 	struct smtpd_tx tx;
 	struct smtpd_session *next, *prev;       /* all sessions */
 	struct smtpd_session *commit_next;       /* in the commit batch */
@@ -147,6 +157,9 @@ static int smtpd_is_submission(const struct smtpd_session *s);
 static int smtpd_auth_allowed(struct smtpd_session *s, int *need_tls_r);
 static int smtpd_sender_owned(struct smtpd_session *s, const char *sender);
 static int smtpd_header_from(int fd, char *addr, size_t cap);
+static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a);
+static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *pp, const char *addr,
+    int found, const struct store_domain *dom);
 static void smtpd_close(struct smtpd_session *s);
 
 /* ---------- replies and logging ---------- */
@@ -590,10 +603,8 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 	struct smtp_path p;
 	struct store_domain dom;
 	const char *err;
-	char **targets = NULL;
-	char *error = NULL;
 	char addr[300];
-	int n = 0, found;
+	int found;
 
 	if (!tx->active) {
 		smtpd_reply(s, "503 5.5.1 Need MAIL before RCPT");
@@ -631,7 +642,76 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 		smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
 		return;
 	}
-	if (found && dom.local) {
+	if (found && dom.verify[0] && strcmp(dom.verify, "none") != 0 && s->w->pool) {
+		/* The domain's verification profile decides first, off the loop. */
+		struct smtpd_rcptwait *rw = xcalloc(1, sizeof(*rw));
+		rw->p = p;
+		snprintf(rw->addr, sizeof(rw->addr), "%s", addr);
+		rw->dom = dom;
+		s->rw = rw;
+		s->state = SMTPD_WAIT;
+		bufferevent_disable(s->bev, EV_READ);
+		{
+			/* the answer may come at once (a cache hit): rw is gone then */
+			uint64_t id = lookup_verify(s->w->pool, dom.verify, addr, smtpd_verify_cb, s);
+			if (s->rw == rw)
+				rw->req = id;
+		}
+		return;
+	}
+	smtpd_rcpt_decide(s, &p, addr, found, &dom);
+}
+
+/* The verification profile answered: go on with RCPT where it stopped. */
+static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
+{
+	struct smtpd_session *s = ctx;
+	struct smtpd_rcptwait *rw = s->rw;
+	struct store_log_row row = { 0 };
+	char usec[32];
+
+	s->rw = NULL;
+	s->state = SMTPD_CMD;
+	snprintf(usec, sizeof(usec), "%lld", (long long)a->elapsed_us);
+	log_event(LOG_LVL_DEBUG, "verify.answer", "profile", a->profile, "to", rw->addr,
+	    "result", a->result == LOOKUP_FOUND ? "found" : a->result == LOOKUP_MISSING ? "missing" : "error",
+	    "detail", a->detail, "usec", usec, NULL);
+	if (a->result == LOOKUP_FOUND) {
+		smtpd_rcpt_decide(s, &rw->p, rw->addr, 1, &rw->dom);
+	} else {
+		const char *text = a->result == LOOKUP_MISSING
+		    ? "550 5.1.1 Recipient address rejected: User unknown"
+		    : "451 4.4.3 Recipient verification temporarily unavailable";
+		smtpd_reply(s, "%s", text);
+		row.client = s->ip;
+		row.helo = s->helo[0] ? s->helo : NULL;
+		row.sender = s->tx.active ? s->tx.mail.addr : NULL;
+		row.rcpt = rw->addr;
+		row.action = "rejected";
+		row.code = a->result == LOOKUP_MISSING ? "550 5.1.1" : "451 4.4.3";
+		row.reason = a->detail ? a->detail : (a->result == LOOKUP_MISSING ? "user unknown" : "verification failed");
+		row.profile = a->profile;
+		store_log_add(s->w->st, &row);
+		log_event(LOG_LVL_INFO, "smtp.reject", "client", s->ip, "to", rw->addr, "reply", text,
+		    "profile", a->profile, NULL);
+	}
+	free(rw);
+	if (s->busy)
+		return;          /* answered inside smtpd_process: its loop goes on */
+	bufferevent_enable(s->bev, EV_READ);
+	smtpd_process(s);
+}
+
+/* Decides RCPT once the domain (and any verification profile) is known. */
+static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *pp, const char *addr,
+    int found, const struct store_domain *dom)
+{
+	struct smtpd_tx *tx = &s->tx;
+	char **targets = NULL;
+	char *error = NULL;
+	int n = 0;
+
+	if (found && dom->local) {
 		n = store_rcpt_resolve(s->w->st, addr, &targets, &error);
 		if (n < 0) {
 			log_event(LOG_LVL_ERROR, "store.error", "op", "rcpt", "error", error, NULL);
@@ -644,8 +724,8 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 			return;
 		}
 	} else if (found || s->trusted || s->auth_address) {
-		/* Relay domain, or a trusted client relaying anywhere: queued for the
-		 * remote delivery agent (routes and verification: later modules). */
+		/* Relay domain, or a trusted or authenticated client relaying
+		 * anywhere: queued for the remote delivery agent. */
 		targets = xmalloc(sizeof(char *));
 		targets[0] = xstrdup(addr);
 		n = 1;
@@ -672,7 +752,7 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 		return;
 	}
 	tx->rcpt = xrealloc(tx->rcpt, sizeof(*tx->rcpt) * (size_t)(tx->n_rcpt + 1));
-	tx->rcpt[tx->n_rcpt].orig = xstrdup(p.addr);
+	tx->rcpt[tx->n_rcpt].orig = xstrdup(pp->addr);
 	tx->rcpt[tx->n_rcpt].targets = targets;
 	tx->rcpt[tx->n_rcpt].n_targets = n;
 	tx->n_rcpt++;
@@ -1358,7 +1438,17 @@ static void smtpd_read_bdat(struct smtpd_session *s, struct evbuffer *in)
 		smtpd_bdat_chunk_done(s);
 }
 
+static void smtpd_process_loop(struct smtpd_session *s);
+
 static void smtpd_process(struct smtpd_session *s)
+{
+	if (s->busy)
+		return;
+	s->busy = 1;
+	smtpd_process_loop(s);     /* clears busy before it may free s */
+}
+
+static void smtpd_process_loop(struct smtpd_session *s)
 {
 	struct evbuffer *in = bufferevent_get_input(s->bev);
 
@@ -1426,6 +1516,7 @@ static void smtpd_process(struct smtpd_session *s)
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUT_MAX)
 			break;
 	}
+	s->busy = 0;
 	if (s->state == SMTPD_CLOSING) {
 		bufferevent_disable(s->bev, EV_READ);
 		smtpd_close(s);
@@ -1555,6 +1646,10 @@ static void smtpd_free(struct smtpd_session *s)
 	smtpd_tx_reset(s);
 	if (s->auth_req)
 		lookup_cancel(w->pool, s->auth_req);
+	if (s->rw) {
+		lookup_cancel(w->pool, s->rw->req);
+		xfree(&s->rw);
+	}
 	if (s->auth_delay_ev)
 		event_free(s->auth_delay_ev);
 	free(s->auth_login);
@@ -1861,6 +1956,14 @@ __attribute__((weak)) uint64_t lookup_pool_job(struct lookup_pool *pool, void (*
 {
 	(void)pool; (void)work;
 	done(job, 1);
+	return 0;
+}
+__attribute__((weak)) uint64_t lookup_verify(struct lookup_pool *pool, const char *profile,
+    const char *address, lookup_cb *cb, void *ctx)
+{
+	struct lookup_answer a = { LOOKUP_ERROR, profile, "lookup pool not built", NULL, 0, 0 };
+	(void)pool; (void)address;
+	cb(ctx, &a);
 	return 0;
 }
 __attribute__((weak)) void lookup_cancel(struct lookup_pool *pool, uint64_t id) { (void)pool; (void)id; }
