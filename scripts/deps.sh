@@ -18,8 +18,19 @@ fi
 export DEBIAN_FRONTEND=noninteractive
 # postfix asks debconf questions; answer them so the install never blocks.
 echo "postfix postfix/main_mailer_type select No configuration" | debconf-set-selections
+# Servers installed for the tests (postfix, mariadb, postgresql, slapd, dovecot)
+# must not be started as system services: the tests run private instances.
+# policy-rc.d answers "not allowed" to every service start during the install.
+prc=""
+if [ ! -e /usr/sbin/policy-rc.d ]; then
+  printf '#!/bin/sh\nexit 101\n' > /usr/sbin/policy-rc.d
+  chmod 755 /usr/sbin/policy-rc.d
+  prc=1
+fi
 apt-get update -qq
-apt-get install -y -qq --no-install-recommends $missing >/dev/null
+apt-get install -y -qq --no-install-recommends $missing >/dev/null || rc=$?
+[ -n "$prc" ] && rm -f /usr/sbin/policy-rc.d
+[ "${rc:-0}" = 0 ] || exit "$rc"
 # Debian starts the packaged postfix service on install; kale's tests run their own
 # private instance, so the system one is stopped if it came up.
 if echo "$missing" | grep -q postfix; then

@@ -6,6 +6,8 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <event2/event.h>
+
 #include "lib/util.h"
 #include "lookup/lookup.h"
 
@@ -36,7 +38,7 @@ static int ctl_verify_add(struct ctl *c, int argc, char **argv)
 {
 	const char *pos[1], *type = NULL, *url = NULL, *query = NULL, *base = NULL, *filter = NULL,
 	    *bind_dn = NULL, *route = NULL, *mode = NULL, *ttl_f = NULL, *ttl_m = NULL,
-	    *fallback = NULL;
+	    *fallback = NULL, *timeout = NULL;
 	int pw_stdin = 0, starttls = 0, npos = 0, rc = CTL_EXIT_FAIL;
 	const struct ctl_opt opts[] = {
 		{ "type", 1, &type, NULL }, { "url", 1, &url, NULL }, { "query", 1, &query, NULL },
@@ -45,6 +47,7 @@ static int ctl_verify_add(struct ctl *c, int argc, char **argv)
 		{ "route-attribute", 1, &route, NULL }, { "starttls", 0, NULL, &starttls },
 		{ "mode", 1, &mode, NULL }, { "ttl-found", 1, &ttl_f, NULL },
 		{ "ttl-missing", 1, &ttl_m, NULL }, { "fallback", 1, &fallback, NULL },
+		{ "timeout", 1, &timeout, NULL },
 		{ NULL, 0, NULL, NULL } };
 	struct store_verify *v;
 	char *pw = NULL, *err = NULL;
@@ -70,6 +73,16 @@ static int ctl_verify_add(struct ctl *c, int argc, char **argv)
 	    ctl_verify_ttl(ttl_m, 600, &v->ttl_missing) < 0) {
 		rc = ctl_usage("TTLs are 1-2592000 seconds");
 		goto out;
+	}
+	if (timeout != NULL) {
+		long long t;
+		if (util_strtonum(timeout, 1, 60, &t) < 0) {
+			rc = ctl_usage("--timeout is 1-60 seconds");
+			goto out;
+		}
+		v->timeout = (int)t;
+	} else {
+		v->timeout = 5;
 	}
 	if (ctl_verify_copy(v->name, sizeof(v->name), pos[0], "name") < 0 ||
 	    ctl_verify_copy(v->type, sizeof(v->type), type, "type") < 0 ||
@@ -143,6 +156,11 @@ static int ctl_verify_row(void *ctx, const struct store_verify *v)
 	} else if (util_fmt(ttl, sizeof(ttl), "realtime") < 0) {
 		ttl[0] = '\0';
 	}
+	if (v->timeout != 5 && strcmp(v->type, "localdb") != 0) {
+		size_t n = strlen(ttl);
+		if (util_fmt(ttl + n, sizeof(ttl) - n, " timeout %ds", v->timeout) < 0)
+			ttl[n] = '\0';
+	}
 	ctl_verify_hide_pw(v->url, url, sizeof(url));
 	if (strcmp(v->type, "ldap") == 0) {
 		if (util_fmt(where, sizeof(where), "%s%s base=%s filter=%s%s%s route=%s", url,
@@ -167,6 +185,70 @@ static int ctl_verify_row(void *ctx, const struct store_verify *v)
 static const char *ctl_verify_word(enum lookup_result r)
 {
 	return r == LOOKUP_FOUND ? "found" : r == LOOKUP_MISSING ? "missing" : "error";
+}
+
+static void ctl_verify_print(const struct lookup_answer *a)
+{
+	printf("%s profile=%s time=%.1fms%s%s%s%s%s\n", ctl_verify_word(a->result), a->profile,
+	    (double)a->elapsed_us / 1000.0, a->cached ? " cached" : "",
+	    a->route ? " route=" : "", a->route ? a->route : "",
+	    a->detail && a->detail[0] ? " detail=" : "", a->detail ? a->detail : "");
+}
+
+struct ctl_verify_wait {
+	struct event_base *base;
+	int done, worst;
+};
+
+static void ctl_verify_answer(void *ctx, const struct lookup_answer *a)
+{
+	struct ctl_verify_wait *w = ctx;
+	int rc = a->result == LOOKUP_FOUND ? 0 : a->result == LOOKUP_MISSING ? 1 : 2;
+
+	ctl_verify_print(a);
+	fflush(stdout);
+	if (rc > w->worst)
+		w->worst = rc;
+	w->done = 1;
+	event_base_loopbreak(w->base);
+}
+
+/* "verify test NAME -": one address per line on stdin, each answered in
+ * turn through a lookup pool (connections kept between lines, as in smtpd).
+ * Exit code: the worst answer. */
+static int ctl_verify_test_stdin(struct ctl *c, const char *profile)
+{
+	struct ctl_verify_wait w = { NULL, 0, 0 };
+	struct lookup_pool *pool;
+	char line[400], *err = NULL;
+	int rc = CTL_EXIT_OK;
+
+	if ((w.base = event_base_new()) == NULL)
+		return ctl_fail("out of memory");
+	if ((pool = lookup_pool_new(w.base, &c->cfg, 2, &err)) == NULL) {
+		ctl_fail("%s", err ? err : "cannot start the lookup pool");
+		free(err);
+		event_base_free(w.base);
+		return CTL_EXIT_FAIL;
+	}
+	while (fgets(line, sizeof(line), stdin) != NULL) {
+		size_t n = strlen(line);
+		if (n > 0 && line[n - 1] != '\n' && !feof(stdin)) {
+			rc = ctl_fail("line too long");
+			break;
+		}
+		line[strcspn(line, "\r\n")] = '\0';
+		if (line[0] == '\0')
+			continue;
+		w.done = 0;
+		(void)lookup_verify(pool, profile, line, ctl_verify_answer, &w);
+		while (!w.done)
+			if (event_base_loop(w.base, EVLOOP_ONCE) < 0)
+				break;
+	}
+	lookup_pool_free(&pool);
+	event_base_free(w.base);
+	return rc != CTL_EXIT_OK ? rc : w.worst;
 }
 
 int ctl_verify_cmd(struct ctl *c, int argc, char **argv)
@@ -239,11 +321,10 @@ int ctl_verify_cmd(struct ctl *c, int argc, char **argv)
 		/* enter data_dir as run_as; the lookup opens its own store handle */
 		if (ctl_open_store(c) < 0)
 			return CTL_EXIT_FAIL;
+		if (strcmp(pos[1], "-") == 0)
+			return ctl_verify_test_stdin(c, pos[0]);
 		(void)lookup_verify_sync(&c->cfg, pos[0], pos[1], &a, &buf);
-		printf("%s profile=%s time=%.1fms%s%s%s%s%s\n", ctl_verify_word(a.result), a.profile,
-		    (double)a.elapsed_us / 1000.0, a.cached ? " cached" : "",
-		    a.route ? " route=" : "", a.route ? a.route : "",
-		    a.detail && a.detail[0] ? " detail=" : "", a.detail ? a.detail : "");
+		ctl_verify_print(&a);
 		rc = a.result == LOOKUP_FOUND ? 0 : a.result == LOOKUP_MISSING ? 1 : 2;
 		free(buf);
 		return rc;

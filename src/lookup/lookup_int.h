@@ -9,7 +9,8 @@
 #include "lookup/lookup.h"
 #include "store/store.h"
 
-#define LOOKUP_TIMEOUT_S   5      /* connect and query */
+#define LOOKUP_TIMEOUT_S   5      /* connect and query, when the profile has none */
+#define LOOKUP_TIMEOUT(c) ((c)->prof.timeout > 0 ? (c)->prof.timeout : LOOKUP_TIMEOUT_S)
 #define LOOKUP_ADDR_MAX    320
 #define LOOKUP_SQL_PARAMS  16
 #define LOOKUP_FALLBACK_MAX 8

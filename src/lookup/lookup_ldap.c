@@ -35,7 +35,7 @@ static char *lookup_ldap_err(const char *what, int rc)
 
 static int lookup_ldap_connect(struct lookup_conn *c, char **detail_r)
 {
-	struct timeval tv = { LOOKUP_TIMEOUT_S, 0 };
+	struct timeval tv = { LOOKUP_TIMEOUT(c), 0 };
 	int version = LDAP_VERSION3, rc;
 	struct berval cred;
 	LDAP *ld = NULL;
@@ -87,7 +87,7 @@ static int lookup_ldap_conn_error(int rc)
 static int lookup_ldap_run(struct lookup_conn *c, const char *address, int *conn_err_r,
     char **route_r, char **detail_r)
 {
-	struct timeval tv = { LOOKUP_TIMEOUT_S, 0 };
+	struct timeval tv = { LOOKUP_TIMEOUT(c), 0 };
 	char *attrs[2] = { NULL, NULL }, *filter;
 	LDAPMessage *res = NULL, *e;
 	struct berval **vals;

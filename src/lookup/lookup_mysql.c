@@ -119,7 +119,7 @@ static char *lookup_mysql_err(const char *what, MYSQL *m, MYSQL_STMT *s)
 static int lookup_mysql_connect(struct lookup_conn *c, char **detail_r)
 {
 	struct lookup_mysql_url u;
-	unsigned int timeout = LOOKUP_TIMEOUT_S;
+	unsigned int timeout = (unsigned int)LOOKUP_TIMEOUT(c);
 	MYSQL *m;
 	int rc = -1;
 

@@ -45,7 +45,7 @@ static int lookup_pgsql_connect(struct lookup_conn *c, char **detail_r)
 	char tmo[16];
 	PGconn *pg;
 
-	if (util_fmt(tmo, sizeof(tmo), "%d", LOOKUP_TIMEOUT_S) < 0)
+	if (util_fmt(tmo, sizeof(tmo), "%d", LOOKUP_TIMEOUT(c)) < 0)
 		return -1;
 	vals[0] = tmo;
 	vals[1] = c->prof.url;
@@ -65,9 +65,9 @@ static int lookup_pgsql_connect(struct lookup_conn *c, char **detail_r)
 }
 
 /* Waits for the result of the query sent; NULL on timeout or error. */
-static PGresult *lookup_pgsql_wait(PGconn *pg, char **detail_r)
+static PGresult *lookup_pgsql_wait(PGconn *pg, int timeout_s, char **detail_r)
 {
-	uint64_t deadline = util_now_ms() + LOOKUP_TIMEOUT_S * 1000ULL;
+	uint64_t deadline = util_now_ms() + (uint64_t)timeout_s * 1000ULL;
 	PGresult *res = NULL, *r;
 	int flushing = 1;
 
@@ -133,7 +133,7 @@ static int lookup_pgsql_run(struct lookup_conn *c, const char *address, int *con
 		*conn_err_r = 1;
 		goto out;
 	}
-	if ((res = lookup_pgsql_wait(c->handle, detail_r)) == NULL) {
+	if ((res = lookup_pgsql_wait(c->handle, LOOKUP_TIMEOUT(c), detail_r)) == NULL) {
 		*conn_err_r = 1;
 		goto out;
 	}

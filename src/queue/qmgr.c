@@ -21,7 +21,9 @@
 
 #include "conf/conf.h"
 #include "deliver/deliver.h"
+#include "deliver/relay.h"
 #include "lib/log.h"
+#include "mail/dsn.h"
 #include "lib/util.h"
 #include "master/kaled.h"
 #include "queue/queue_file.h"
@@ -31,11 +33,17 @@
 #define QMGR_BUCKETS 4096
 #define QMGR_RESCAN_SECS 60
 
+struct qmgr_run;
+
 struct qmgr_msg {
 	char qid[32];
 	int64_t next_try;          /* unix seconds; 0 = ready */
 	int attempts;
 	int ready;                 /* on the ready list */
+	int held;                  /* moved to queue/hold (never attempted) */
+	int deleted;               /* removed by the admin while in flight */
+	int bounce_req;            /* the admin asked to bounce it */
+	struct qmgr_run *run;      /* in flight: relay jobs not finished */
 	struct qmgr_msg *hnext;    /* hash chain */
 	struct qmgr_msg *rnext;    /* ready list */
 };
@@ -44,32 +52,59 @@ struct qmgr {
 	const struct kale_config *cfg;
 	struct event_base *base;
 	store *st;
-	int incoming_fd, done_fd, mail_fd, ino_fd;
-	struct event *ino_ev, *tick_ev, *work_ev, *sig_term, *sig_usr1;
+	struct relay *relay;
+	int incoming_fd, done_fd, mail_fd, ino_fd, hold_fd, ctl_fd;
+	struct event *ino_ev, *tick_ev, *work_ev, *sync_ev, *sig_term, *sig_usr1, *ctl_ev;
 	struct qmgr_msg *hash[QMGR_BUCKETS];
 	struct qmgr_msg *ready_head, *ready_tail;
 	int n_msgs;
 	int64_t last_scan;
 	int stopping;
+	int need_sync;
 };
 
 /* One recipient delivery waiting for the batch's Maildir commit. */
 struct qmgr_pending {
-	struct qmgr_msg *m;
+	struct qmgr_run *run;
 	int idx;
-	int slot;                  /* index of the message in the batch */
 	struct deliver_pending p;
 };
 
-struct qmgr_item {
+/* A recipient that failed for good; reported in one DSN per message pass. */
+struct qmgr_failed {
+	int idx;
+	char status[16];
+	char *diag;
+	char *remote;
+	const char *action;        /* "bounced" or "expired" (log action) */
+};
+
+/* Recipients of one message that share a next hop. */
+struct qmgr_group {
+	char route[320];
+	int tls_require;
+	int *idx;
+	int n;
+};
+
+/* One pass over one message: from reading its envelope until every local
+ * delivery and relay job of the pass is finished. */
+struct qmgr_run {
+	struct qmgr *q;
 	struct qmgr_msg *m;
 	struct queue_env env;
+	int fd;
 	unsigned char *done;
-	int *newly;                /* recipient indexes finished in this batch */
+	int *newly;                /* recipient indexes finished, not yet logged to done/ */
 	int n_newly;
 	int deferred;              /* some recipient must be tried again */
-	const char *defer_reason;
-	int ok;                    /* env read */
+	char defer_reason[256];
+	struct qmgr_failed *failed;
+	int n_failed;
+	struct qmgr_group *groups;
+	int n_groups;
+	struct relay_job *jobs;
+	int n_jobs, jobs_left;
 };
 
 static unsigned qmgr_hash(const char *qid)
@@ -91,7 +126,7 @@ static struct qmgr_msg *qmgr_find(struct qmgr *q, const char *qid)
 
 static void qmgr_ready(struct qmgr *q, struct qmgr_msg *m)
 {
-	if (m->ready)
+	if (m->ready || m->run || m->held)
 		return;
 	m->ready = 1;
 	m->rnext = NULL;
@@ -103,13 +138,33 @@ static void qmgr_ready(struct qmgr *q, struct qmgr_msg *m)
 	event_active(q->work_ev, 0, 0);
 }
 
-static void qmgr_add(struct qmgr *q, const char *qid)
+static void qmgr_unready(struct qmgr *q, struct qmgr_msg *m)
+{
+	struct qmgr_msg **pp = &q->ready_head, *prev = NULL;
+
+	if (!m->ready)
+		return;
+	while (*pp && *pp != m) {
+		prev = *pp;
+		pp = &(*pp)->rnext;
+	}
+	if (*pp) {
+		*pp = m->rnext;
+		if (q->ready_tail == m)
+			q->ready_tail = prev;
+	}
+	m->ready = 0;
+}
+
+static struct qmgr_msg *qmgr_add(struct qmgr *q, const char *qid)
 {
 	struct qmgr_msg *m;
 	unsigned h;
 
-	if (!queue_qid_valid(qid) || qmgr_find(q, qid))
-		return;
+	if (!queue_qid_valid(qid))
+		return NULL;
+	if ((m = qmgr_find(q, qid)) != NULL)
+		return m;
 	m = xcalloc(1, sizeof(*m));
 	snprintf(m->qid, sizeof(m->qid), "%s", qid);
 	h = qmgr_hash(qid);
@@ -117,12 +172,16 @@ static void qmgr_add(struct qmgr *q, const char *qid)
 	q->hash[h] = m;
 	q->n_msgs++;
 	qmgr_ready(q, m);
+	return m;
 }
+
+static void qmgr_run_free(struct qmgr_run *run);
 
 static void qmgr_forget(struct qmgr *q, struct qmgr_msg *m)
 {
 	struct qmgr_msg **pp = &q->hash[qmgr_hash(m->qid)];
 
+	qmgr_unready(q, m);
 	while (*pp && *pp != m)
 		pp = &(*pp)->hnext;
 	if (*pp)
@@ -159,12 +218,8 @@ static void qmgr_clean_done(struct qmgr *q)
 			continue;
 		if (fstatat(q->incoming_fd, de->d_name, &sb, 0) == 0)
 			continue;
-		{
-			char held[512];
-			snprintf(held, sizeof(held), QUEUE_DIR_HOLD "/%s", de->d_name);
-			if (stat(held, &sb) == 0)
-				continue;
-		}
+		if (fstatat(q->hold_fd, de->d_name, &sb, 0) == 0)
+			continue;
 		unlinkat(q->done_fd, de->d_name, 0);
 	}
 	closedir(d);
@@ -194,58 +249,124 @@ static void qmgr_log(struct qmgr *q, const struct queue_env *env, const char *rc
 	    "code", code, "reason", reason, "relay", relay, NULL);
 }
 
-static void qmgr_finish(struct qmgr_item *it, int idx)
+static void qmgr_finish(struct qmgr_run *run, int idx)
 {
-	it->done[idx] = 1;
-	it->newly[it->n_newly++] = idx;
+	if (run->done[idx])
+		return;
+	run->done[idx] = 1;
+	run->newly[run->n_newly++] = idx;
+}
+
+static void qmgr_defer(struct qmgr_run *run, const char *reason)
+{
+	run->deferred = 1;
+	util_fmt(run->defer_reason, sizeof(run->defer_reason), "%s", reason ? reason : "deferred");
+}
+
+/* Records a permanent failure (logged now; the DSN and the done mark come
+ * when the pass ends). */
+static void qmgr_fail(struct qmgr *q, struct qmgr_run *run, int idx, const char *action,
+    int code, const char *status, const char *text, const char *remote)
+{
+	struct qmgr_failed *f;
+	char codebuf[32], diag[600];
+
+	if (run->done[idx])
+		return;
+	for (int i = 0; i < run->n_failed; i++)
+		if (run->failed[i].idx == idx)
+			return;
+	util_fmt(codebuf, sizeof(codebuf), "%d %s", code, status);
+	qmgr_log(q, &run->env, run->env.rcpt[idx].addr, action, codebuf, text, remote);
+	run->failed = xrealloc(run->failed, sizeof(*run->failed) * (size_t)(run->n_failed + 1));
+	f = &run->failed[run->n_failed++];
+	f->idx = idx;
+	util_fmt(f->status, sizeof(f->status), "%s", status);
+	if (strncmp(text, codebuf, strlen(codebuf)) == 0)
+		util_fmt(diag, sizeof(diag), "%s", text);
+	else
+		util_fmt(diag, sizeof(diag), "%s %s", codebuf, text);
+	f->diag = xstrdup(diag);
+	f->remote = remote ? xstrdup(remote) : NULL;
+	f->action = action;
+}
+
+/* Adds recipient idx to the relay group of its next hop. */
+static void qmgr_group_add(struct qmgr_run *run, const char *route, int tls_require, int idx)
+{
+	struct qmgr_group *g = NULL;
+
+	for (int i = 0; i < run->n_groups; i++)
+		if (run->groups[i].tls_require == tls_require && strcmp(run->groups[i].route, route) == 0)
+			g = &run->groups[i];
+	if (g == NULL) {
+		run->groups = xrealloc(run->groups, sizeof(*run->groups) * (size_t)(run->n_groups + 1));
+		g = &run->groups[run->n_groups++];
+		memset(g, 0, sizeof(*g));
+		util_fmt(g->route, sizeof(g->route), "%s", route);
+		g->tls_require = tls_require;
+		g->idx = xcalloc((size_t)run->env.n_rcpt, sizeof(int));
+	}
+	g->idx[g->n++] = idx;
 }
 
 /* Decides what to do with one recipient; local Maildir deliveries are
- * written (not yet synced) and added to pend. */
-static void qmgr_rcpt(struct qmgr *q, struct qmgr_item *it, int slot, int idx, int fd,
+ * written (not yet synced) and added to pend, relay recipients grouped. */
+static void qmgr_rcpt(struct qmgr *q, struct qmgr_run *run, int idx,
     struct qmgr_pending *pend, int *n_pend)
 {
-	const struct queue_rcpt *r = &it->env.rcpt[idx];
+	const struct queue_rcpt *r = &run->env.rcpt[idx];
 	const char *at = strrchr(r->addr, '@');
 	struct store_domain dom;
 	char box[PATH_MAX], prefix[1024];
 	const char *err = NULL;
 	int found, n;
 
-	found = at ? store_domain_get(q->st, at + 1, &dom) : 0;
+	if (at == NULL || at[1] == '\0') {
+		qmgr_fail(q, run, idx, "bounced", 550, "5.1.3", "bad recipient address", NULL);
+		return;
+	}
+	found = store_domain_get(q->st, at + 1, &dom);
 	if (found < 0) {
-		it->deferred = 1;
-		it->defer_reason = "policy store unavailable";
-		qmgr_log(q, &it->env, r->addr, "deferred", "451 4.3.0", it->defer_reason, NULL);
+		qmgr_defer(run, "policy store unavailable");
+		qmgr_log(q, &run->env, r->addr, "deferred", "451 4.3.0", run->defer_reason, NULL);
 		return;
 	}
 	if (!found || !dom.local) {
-		/* Remote delivery belongs to the relay agent, which this build
-		 * does not have yet: keep the recipient queued. */
-		it->deferred = 1;
-		it->defer_reason = "remote delivery not available";
-		qmgr_log(q, &it->env, r->addr, "deferred", "451 4.4.0", it->defer_reason, NULL);
+		char route[320];
+		if (found && strncmp(dom.relay, "ldap:", 5) == 0) {
+			qmgr_defer(run, "ldap routes not available yet");
+			qmgr_log(q, &run->env, r->addr, "deferred", "451 4.3.5", run->defer_reason, NULL);
+			return;
+		}
+		if (!found || strcmp(dom.relay, "mx") == 0) {
+			if (util_fmt(route, sizeof(route), "mx:%s", at + 1) < 0) {
+				qmgr_fail(q, run, idx, "bounced", 550, "5.1.3", "bad recipient domain", NULL);
+				return;
+			}
+			util_lower(route);
+		} else {
+			util_fmt(route, sizeof(route), "%s", dom.relay);
+		}
+		qmgr_group_add(run, route, found && strcmp(dom.tls, "require") == 0, idx);
 		return;
 	}
 	n = store_user_exists(q->st, r->addr);
 	if (n < 0) {
-		it->deferred = 1;
-		it->defer_reason = "policy store unavailable";
-		qmgr_log(q, &it->env, r->addr, "deferred", "451 4.3.0", it->defer_reason, NULL);
+		qmgr_defer(run, "policy store unavailable");
+		qmgr_log(q, &run->env, r->addr, "deferred", "451 4.3.0", run->defer_reason, NULL);
 		return;
 	}
 	if (n == 0) {
-		qmgr_log(q, &it->env, r->addr, "bounced", "550 5.1.1", "mailbox no longer exists", NULL);
-		qmgr_finish(it, idx);
+		qmgr_fail(q, run, idx, "bounced", 550, "5.1.1", "mailbox no longer exists", NULL);
 		return;
 	}
 	if (deliver_mailbox_path("mail", r->addr, box, sizeof(box)) < 0) {
-		qmgr_log(q, &it->env, r->addr, "bounced", "550 5.1.3", "bad mailbox name", NULL);
-		qmgr_finish(it, idx);
+		qmgr_fail(q, run, idx, "bounced", 550, "5.1.3", "bad mailbox name", NULL);
 		return;
 	}
 	n = snprintf(prefix, sizeof(prefix), "Return-Path: <%s>\nDelivered-To: %s\n",
-	    it->env.sender, r->addr);
+	    run->env.sender, r->addr);
 	if (n < 0 || (size_t)n >= sizeof(prefix))
 		n = 0;
 	if (q->cfg->mailbox_mbox) {
@@ -253,33 +374,29 @@ static void qmgr_rcpt(struct qmgr *q, struct qmgr_item *it, int slot, int idx, i
 		snprintf(dir, sizeof(dir), "%s", box);
 		*strrchr(dir, '/') = '\0';
 		fs_mkdirs(dir, 0700);
-		if (mbox_deliver(box, it->env.sender, prefix, (size_t)n, fd, it->env.body_len, &err) < 0) {
-			it->deferred = 1;
-			it->defer_reason = err ? err : "mbox write failed";
-			qmgr_log(q, &it->env, r->addr, "deferred", "451 4.3.0", it->defer_reason, box);
+		if (mbox_deliver(box, run->env.sender, prefix, (size_t)n, run->fd, run->env.body_len, &err) < 0) {
+			qmgr_defer(run, err ? err : "mbox write failed");
+			qmgr_log(q, &run->env, r->addr, "deferred", "451 4.3.0", run->defer_reason, box);
 			return;
 		}
-		qmgr_log(q, &it->env, r->addr, "delivered", "250 2.0.0", NULL, box);
-		qmgr_finish(it, idx);
+		qmgr_log(q, &run->env, r->addr, "delivered", "250 2.0.0", NULL, box);
+		qmgr_finish(run, idx);
 		return;
 	}
-	pend[*n_pend].m = it->m;
+	pend[*n_pend].run = run;
 	pend[*n_pend].idx = idx;
-	pend[*n_pend].slot = slot;
-	if (maildir_write(box, prefix, (size_t)n, fd, it->env.body_len, &pend[*n_pend].p, &err) < 0) {
-		it->deferred = 1;
-		it->defer_reason = err ? err : "maildir write failed";
-		qmgr_log(q, &it->env, r->addr, "deferred",
-		    (errno == ENOSPC || errno == EDQUOT) ? "452 4.3.1" : "451 4.3.0", it->defer_reason, box);
+	if (maildir_write(box, prefix, (size_t)n, run->fd, run->env.body_len, &pend[*n_pend].p, &err) < 0) {
+		qmgr_defer(run, err ? err : "maildir write failed");
+		qmgr_log(q, &run->env, r->addr, "deferred",
+		    (errno == ENOSPC || errno == EDQUOT) ? "452 4.3.1" : "451 4.3.0", run->defer_reason, box);
 		return;
 	}
 	(*n_pend)++;
 }
 
-static int64_t qmgr_retry_delay(struct qmgr *q, int attempts)
+int64_t qmgr_retry_delay(const struct kale_config *cfg, int attempts);
+int64_t qmgr_retry_delay(const struct kale_config *cfg, int attempts)
 {
-	const struct kale_config *cfg = q->cfg;
-
 	if (cfg->n_retry == 0)
 		return 300;
 	if (attempts < 1)
@@ -287,20 +404,319 @@ static int64_t qmgr_retry_delay(struct qmgr *q, int attempts)
 	return cfg->retry[attempts - 1 < cfg->n_retry ? attempts - 1 : cfg->n_retry - 1];
 }
 
+static void qmgr_run_free(struct qmgr_run *run)
+{
+	if (run == NULL)
+		return;
+	for (int i = 0; i < run->n_jobs; i++) {
+		for (int k = 0; k < run->jobs[i].n_rcpt; k++)
+			free(run->jobs[i].rcpt[k].text);
+		free(run->jobs[i].rcpt);
+	}
+	free(run->jobs);
+	for (int i = 0; i < run->n_groups; i++)
+		free(run->groups[i].idx);
+	free(run->groups);
+	for (int i = 0; i < run->n_failed; i++) {
+		free(run->failed[i].diag);
+		free(run->failed[i].remote);
+	}
+	free(run->failed);
+	if (run->fd >= 0)
+		close(run->fd);
+	queue_env_free(&run->env);
+	free(run->done);
+	free(run->newly);
+	free(run);
+}
+
+/* Writes a new message (a DSN) into the queue: tmp, fsync, rename into
+ * incoming, fsync the directory. 0 ok, -1 error (logged). */
+static int qmgr_enqueue(struct qmgr *q, const char *body, size_t len, const char *rcpt,
+    char qid[32])
+{
+	struct queue_env env;
+	char tmp[128], dst[128];
+	int fd, rc = -1;
+
+	memset(&env, 0, sizeof(env));
+	queue_qid_new(qid);
+	snprintf(env.qid, sizeof(env.qid), "%s", qid);
+	env.version = QUEUE_FORMAT_VERSION;
+	env.arrival = time(NULL);
+	env.client_ip = (char *)"";
+	env.helo = q->cfg->hostname;
+	env.sender = (char *)"";
+	env.body_len = len;
+	for (size_t i = 0; i < len; i++)
+		if ((unsigned char)body[i] >= 0x80) {
+			env.body8bit = 1;
+			break;
+		}
+	queue_env_add_rcpt(&env, rcpt, rcpt, NULL, 0);
+	util_fmt(tmp, sizeof(tmp), QUEUE_DIR_TMP "/%s", qid);
+	util_fmt(dst, sizeof(dst), QUEUE_DIR_INCOMING "/%s", qid);
+	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	if (fd < 0)
+		goto out;
+	{
+		size_t off = 0;
+		while (off < len) {
+			ssize_t n = write(fd, body + off, len - off);
+			if (n <= 0)
+				goto out_unlink;
+			off += (size_t)n;
+		}
+	}
+	if (queue_file_finish(fd, &env) < 0 || fsync(fd) < 0)
+		goto out_unlink;
+	close(fd);
+	fd = -1;
+	if (rename(tmp, dst) < 0)
+		goto out_unlink;
+	if (fsync(q->incoming_fd) < 0)
+		log_event(LOG_LVL_ERROR, "queue.error", "op", "fsync", "error", strerror(errno), NULL);
+	rc = 0;
+	goto out;
+out_unlink:
+	log_event(LOG_LVL_ERROR, "dsn.error", "qid", qid, "error", strerror(errno), NULL);
+	unlink(tmp);
+out:
+	if (fd >= 0)
+		close(fd);
+	env.client_ip = NULL;
+	env.helo = NULL;
+	env.sender = NULL;
+	queue_env_free(&env);
+	return rc;
+}
+
+/* Sends one DSN for the failed recipients of the pass (those that want
+ * one), then marks them done. A DSN that cannot be queued leaves them
+ * pending, so they are tried again (and fail again) later. */
+static void qmgr_bounce(struct qmgr *q, struct qmgr_run *run)
+{
+	struct dsn_rcpt *dr;
+	struct dsn_info info;
+	int n = 0, ok = 1;
+
+	if (run->n_failed == 0)
+		return;
+	dr = xcalloc((size_t)run->n_failed, sizeof(*dr));
+	for (int i = 0; i < run->n_failed; i++) {
+		const struct qmgr_failed *f = &run->failed[i];
+		const struct queue_rcpt *r = &run->env.rcpt[f->idx];
+		if (r->notify != 0 && (r->notify & 1 || !(r->notify & 4)))
+			continue;       /* NOTIFY=NEVER, or FAILURE not asked for */
+		dr[n].addr = r->addr;
+		dr[n].orcpt = r->orcpt;
+		dr[n].action = "failed";
+		dr[n].status = f->status;
+		dr[n].remote_mta = f->remote;
+		dr[n].diag = f->diag;
+		n++;
+	}
+	if (n > 0 && run->env.sender[0] == '\0') {
+		/* a bounce that bounces goes nowhere */
+		log_event(LOG_LVL_WARN, "dsn.dropped", "qid", run->env.qid,
+		    "reason", "the null sender gets no DSN", NULL);
+	} else if (n > 0) {
+		char dsn_qid[32], *text, *orig;
+		size_t len, olen;
+		int full = run->env.ret == 1 && run->env.body_len <= DSN_ORIG_MAX;
+		ssize_t got;
+
+		olen = full ? (size_t)run->env.body_len :
+		    (size_t)(run->env.body_len < 65536 ? run->env.body_len : 65536);
+		orig = xmalloc(olen + 1);
+		got = pread(run->fd, orig, olen, 0);
+		olen = got > 0 ? (size_t)got : 0;
+		queue_qid_new(dsn_qid);
+		memset(&info, 0, sizeof(info));
+		info.reporting_mta = q->cfg->hostname;
+		info.qid = run->env.qid;
+		info.envid = run->env.envid;
+		info.sender = run->env.sender;
+		info.arrival = run->env.arrival;
+		info.now = time(NULL);
+		info.boundary_seed = dsn_qid;
+		text = dsn_build(&info, dr, n, orig, olen, full, &len);
+		if (qmgr_enqueue(q, text, len, run->env.sender, dsn_qid) < 0)
+			ok = 0;
+		else
+			log_event(LOG_LVL_INFO, "dsn.queued", "qid", dsn_qid, "orig", run->env.qid,
+			    "to", run->env.sender, NULL);
+		free(text);
+		free(orig);
+	}
+	free(dr);
+	if (!ok) {
+		qmgr_defer(run, "cannot queue the DSN");
+		return;
+	}
+	for (int i = 0; i < run->n_failed; i++)
+		qmgr_finish(run, run->failed[i].idx);
+}
+
+/* The pass over a message is over: DSN, done-log, retry or removal. */
+static void qmgr_run_end(struct qmgr *q, struct qmgr_run *run)
+{
+	struct qmgr_msg *m = run->m;
+	int64_t now = time(NULL);
+	int all = 1;
+
+	m->run = NULL;
+	if (m->deleted) {
+		qmgr_run_free(run);
+		qmgr_forget(q, m);
+		return;
+	}
+	if (m->bounce_req || (run->deferred && now - run->env.arrival >= q->cfg->max_age)) {
+		int admin = m->bounce_req;
+		for (int r = 0; r < run->env.n_rcpt; r++)
+			if (!run->done[r])
+				qmgr_fail(q, run, r, admin ? "bounced" : "expired", admin ? 550 : 450,
+				    admin ? "5.0.0" : "4.4.7",
+				    admin ? "message bounced by the administrator" :
+				    run->defer_reason[0] ? run->defer_reason : "message expired", NULL);
+		m->bounce_req = 0;
+		run->deferred = 0;
+	}
+	qmgr_bounce(q, run);
+	for (int r = 0; r < run->env.n_rcpt; r++)
+		all &= run->done[r];
+	if (all) {
+		unlinkat(m->held ? q->hold_fd : q->incoming_fd, m->qid, 0);
+		unlinkat(q->done_fd, m->qid, 0);
+		q->need_sync = 1;
+		qmgr_run_free(run);
+		qmgr_forget(q, m);
+		return;
+	}
+	if (run->n_newly > 0) {
+		queue_done_append(q->done_fd, m->qid, run->newly, run->n_newly);
+		run->n_newly = 0;
+		q->need_sync = 1;
+	}
+	qmgr_run_free(run);
+	if (m->held) {
+		qmgr_forget(q, m);          /* hold/ is not watched; release re-adds it */
+		return;
+	}
+	m->attempts++;
+	m->next_try = now + qmgr_retry_delay(q->cfg, m->attempts);
+}
+
+static void qmgr_sync(struct qmgr *q)
+{
+	if (q->need_sync && syncfs(q->incoming_fd) < 0)
+		log_event(LOG_LVL_ERROR, "queue.error", "op", "syncfs", "error", strerror(errno), NULL);
+	q->need_sync = 0;
+}
+
+static void qmgr_sync_cb(evutil_socket_t fd, short what, void *arg)
+{
+	(void)fd;
+	(void)what;
+	qmgr_sync(arg);
+}
+
+/* A relay job is over: record each recipient's outcome; 2xx are marked
+ * done at once (durable with the next sync, which runs right after). */
+static void qmgr_job_done(struct relay_job *job, void *arg)
+{
+	struct qmgr_run *run = arg;
+	struct qmgr *q = run->q;
+
+	for (int i = 0; i < job->n_rcpt; i++) {
+		struct relay_rcpt *rc = &job->rcpt[i];
+		const char *text = rc->text ? rc->text : "";
+		char code[32];
+
+		util_fmt(code, sizeof(code), "%d %s", rc->code, rc->status);
+		if (rc->code / 100 == 2) {
+			qmgr_log(q, &run->env, rc->addr, "delivered", code, text, job->relay_host);
+			qmgr_finish(run, rc->idx);
+		} else if (rc->code / 100 == 5) {
+			qmgr_fail(q, run, rc->idx, "bounced", rc->code, rc->status, text, job->relay_host);
+		} else {
+			qmgr_defer(run, text);
+			qmgr_log(q, &run->env, rc->addr, "deferred", code, text, job->relay_host);
+		}
+	}
+	if (run->n_newly > 0 && !run->m->deleted) {
+		queue_done_append(q->done_fd, run->m->qid, run->newly, run->n_newly);
+		run->n_newly = 0;
+		q->need_sync = 1;
+		event_active(q->sync_ev, 0, 0);
+	}
+	if (--run->jobs_left == 0) {
+		qmgr_run_end(q, run);
+		event_active(q->sync_ev, 0, 0);
+	}
+}
+
+/* Turns the run's relay groups into jobs and submits them. */
+static void qmgr_run_submit(struct qmgr *q, struct qmgr_run *run)
+{
+	int n = 0;
+
+	if (q->relay == NULL) {
+		for (int g = 0; g < run->n_groups; g++)
+			for (int k = 0; k < run->groups[g].n; k++) {
+				qmgr_defer(run, "relay client not available (resolver set-up failed)");
+				qmgr_log(q, &run->env, run->env.rcpt[run->groups[g].idx[k]].addr, "deferred",
+				    "451 4.3.0", run->defer_reason, NULL);
+			}
+		qmgr_run_end(q, run);
+		return;
+	}
+	for (int g = 0; g < run->n_groups; g++)
+		n += (run->groups[g].n + RELAY_JOB_RCPT_MAX - 1) / RELAY_JOB_RCPT_MAX;
+	run->jobs = xcalloc((size_t)n, sizeof(*run->jobs));
+	for (int g = 0; g < run->n_groups; g++) {
+		const struct qmgr_group *gr = &run->groups[g];
+		for (int off = 0; off < gr->n; off += RELAY_JOB_RCPT_MAX) {
+			struct relay_job *job = &run->jobs[run->n_jobs++];
+			int cnt = gr->n - off < RELAY_JOB_RCPT_MAX ? gr->n - off : RELAY_JOB_RCPT_MAX;
+			snprintf(job->qid, sizeof(job->qid), "%s", run->env.qid);
+			job->fd = run->fd;
+			job->body_len = run->env.body_len;
+			job->sender = run->env.sender;
+			job->body8bit = run->env.body8bit;
+			job->smtputf8 = run->env.smtputf8;
+			util_fmt(job->route, sizeof(job->route), "%s", gr->route);
+			job->tls_require = gr->tls_require;
+			job->rcpt = xcalloc((size_t)cnt, sizeof(*job->rcpt));
+			job->n_rcpt = cnt;
+			for (int k = 0; k < cnt; k++) {
+				job->rcpt[k].idx = gr->idx[off + k];
+				job->rcpt[k].addr = run->env.rcpt[gr->idx[off + k]].addr;
+			}
+			job->done = qmgr_job_done;
+			job->arg = run;
+		}
+	}
+	run->jobs_left = run->n_jobs;
+	run->m->run = run;
+	for (int i = 0; i < run->n_jobs; i++)
+		relay_submit(q->relay, &run->jobs[i]);
+}
+
 static void qmgr_work_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct qmgr *q = arg;
-	struct qmgr_item *items;
+	struct qmgr_run **runs;
 	struct qmgr_pending *pend = NULL;
-	int n_items = 0, n_pend = 0, cap_pend = 0, changed = 0;
+	int n_runs = 0, n_pend = 0, cap_pend = 0;
 	int64_t now = time(NULL);
 
 	(void)fd;
 	(void)what;
-	items = xcalloc(QMGR_BATCH, sizeof(*items));
-	while (q->ready_head && n_items < QMGR_BATCH) {
+	runs = xcalloc(QMGR_BATCH, sizeof(*runs));
+	while (q->ready_head && n_runs < QMGR_BATCH) {
 		struct qmgr_msg *m = q->ready_head;
-		struct qmgr_item *it = &items[n_items];
+		struct qmgr_run *run;
 		const char *err = NULL;
 		int mfd;
 
@@ -308,102 +724,76 @@ static void qmgr_work_cb(evutil_socket_t fd, short what, void *arg)
 		if (q->ready_head == NULL)
 			q->ready_tail = NULL;
 		m->ready = 0;
+		if (m->run || m->held)
+			continue;
 		mfd = openat(q->incoming_fd, m->qid, O_RDONLY | O_CLOEXEC);
 		if (mfd < 0) {
 			/* deleted, held or finished meanwhile */
 			qmgr_forget(q, m);
 			continue;
 		}
-		it->m = m;
-		if (queue_file_read_env(mfd, &it->env, &err) < 0) {
+		run = xcalloc(1, sizeof(*run));
+		run->q = q;
+		run->m = m;
+		run->fd = mfd;
+		if (queue_file_read_env(mfd, &run->env, &err) < 0) {
 			log_event(LOG_LVL_ERROR, "queue.corrupt", "qid", m->qid, "error", err, NULL);
-			close(mfd);
 			m->next_try = now + 3600;   /* leave it for the admin; look again later */
-			n_items++;
+			qmgr_run_free(run);
 			continue;
 		}
-		it->ok = 1;
-		it->done = xcalloc((size_t)it->env.n_rcpt + 1, 1);
-		it->newly = xcalloc((size_t)it->env.n_rcpt + 1, sizeof(int));
-		queue_done_read(q->done_fd, m->qid, it->done, it->env.n_rcpt);
-		if (n_pend + it->env.n_rcpt > cap_pend) {
-			cap_pend = (n_pend + it->env.n_rcpt) * 2;
+		run->done = xcalloc((size_t)run->env.n_rcpt + 1, 1);
+		run->newly = xcalloc((size_t)run->env.n_rcpt + 1, sizeof(int));
+		queue_done_read(q->done_fd, m->qid, run->done, run->env.n_rcpt);
+		if (n_pend + run->env.n_rcpt > cap_pend) {
+			cap_pend = (n_pend + run->env.n_rcpt) * 2;
 			pend = xrealloc(pend, sizeof(*pend) * (size_t)cap_pend);
 		}
-		for (int i = 0; i < it->env.n_rcpt; i++)
-			if (!it->done[i])
-				qmgr_rcpt(q, it, n_items, i, mfd, pend, &n_pend);
-		close(mfd);
-		n_items++;
+		for (int i = 0; i < run->env.n_rcpt; i++)
+			if (!run->done[i])
+				qmgr_rcpt(q, run, i, pend, &n_pend);
+		runs[n_runs++] = run;
 	}
 	if (n_pend > 0) {
 		int *ok = xcalloc((size_t)n_pend, sizeof(int));
-		{
-			/* maildir_commit takes a contiguous array of deliver_pending */
-			struct deliver_pending *dp = xcalloc((size_t)n_pend, sizeof(*dp));
-			for (int i = 0; i < n_pend; i++)
-				dp[i] = pend[i].p;
-			maildir_commit(dp, n_pend, q->mail_fd, ok);
-			free(dp);
-		}
+		struct deliver_pending *dp = xcalloc((size_t)n_pend, sizeof(*dp));
+
+		/* maildir_commit takes a contiguous array of deliver_pending */
+		for (int i = 0; i < n_pend; i++)
+			dp[i] = pend[i].p;
+		maildir_commit(dp, n_pend, q->mail_fd, ok);
+		free(dp);
 		for (int i = 0; i < n_pend; i++) {
-			struct qmgr_item *it = &items[pend[i].slot];
-			const char *rcpt = it->env.rcpt[pend[i].idx].addr;
+			struct qmgr_run *run = pend[i].run;
+			const char *rcpt = run->env.rcpt[pend[i].idx].addr;
 			if (ok[i]) {
-				qmgr_log(q, &it->env, rcpt, "delivered", "250 2.0.0", NULL, pend[i].p.new_dir);
-				qmgr_finish(it, pend[i].idx);
+				qmgr_log(q, &run->env, rcpt, "delivered", "250 2.0.0", NULL, pend[i].p.new_dir);
+				qmgr_finish(run, pend[i].idx);
 			} else {
-				it->deferred = 1;
-				it->defer_reason = "maildir sync failed";
-				qmgr_log(q, &it->env, rcpt, "deferred", "451 4.3.0", it->defer_reason, NULL);
+				qmgr_defer(run, "maildir sync failed");
+				qmgr_log(q, &run->env, rcpt, "deferred", "451 4.3.0", run->defer_reason, NULL);
 			}
 		}
 		free(ok);
 	}
 	/* Record progress: a finished message goes away, a partial one gets
-	 * its done-log appended; then one sync makes all of it durable. */
-	for (int i = 0; i < n_items; i++) {
-		struct qmgr_item *it = &items[i];
-		struct qmgr_msg *m = it->m;
-		int all = 1;
-
-		if (!it->ok)
-			continue;
-		if (it->deferred && now - it->env.arrival >= q->cfg->max_age) {
-			for (int r = 0; r < it->env.n_rcpt; r++)
-				if (!it->done[r]) {
-					qmgr_log(q, &it->env, it->env.rcpt[r].addr, "expired", "450 4.4.7",
-					    it->defer_reason, NULL);
-					qmgr_finish(it, r);
-				}
-			it->deferred = 0;
-		}
-		for (int r = 0; r < it->env.n_rcpt; r++)
-			all &= it->done[r];
-		if (all) {
-			unlinkat(q->incoming_fd, m->qid, 0);
-			unlinkat(q->done_fd, m->qid, 0);
-			changed = 1;
-			queue_env_free(&it->env);
-			free(it->done);
-			free(it->newly);
-			it->m = NULL;
-			qmgr_forget(q, m);
+	 * its done-log appended, one with relay recipients goes in flight; then
+	 * one sync makes all of it durable. */
+	for (int i = 0; i < n_runs; i++) {
+		struct qmgr_run *run = runs[i];
+		if (run->n_groups == 0) {
+			qmgr_run_end(q, run);
 			continue;
 		}
-		if (it->n_newly > 0) {
-			queue_done_append(q->done_fd, m->qid, it->newly, it->n_newly);
-			changed = 1;
+		if (run->n_newly > 0) {
+			queue_done_append(q->done_fd, run->m->qid, run->newly, run->n_newly);
+			run->n_newly = 0;
+			q->need_sync = 1;
 		}
-		m->attempts++;
-		m->next_try = now + qmgr_retry_delay(q, m->attempts);
-		queue_env_free(&it->env);
-		free(it->done);
-		free(it->newly);
+		qmgr_run_submit(q, run);
 	}
-	if (changed && syncfs(q->incoming_fd) < 0)
-		log_event(LOG_LVL_ERROR, "queue.error", "op", "syncfs", "error", strerror(errno), NULL);
-	free(items);
+	qmgr_sync(q);
+	free(runs);
 	free(pend);
 	if (q->ready_head)
 		event_active(q->work_ev, 0, 0);
@@ -488,8 +878,11 @@ int qmgr_main(struct kale_ctx *ctx)
 	q.incoming_fd = open(QUEUE_DIR_INCOMING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	q.done_fd = open(QUEUE_DIR_DONE, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
 	q.mail_fd = open("mail", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	mkdir(QUEUE_DIR_HOLD, 0700);
+	q.hold_fd = open(QUEUE_DIR_HOLD, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	q.ctl_fd = -1;
 	q.ino_fd = inotify_init1(IN_NONBLOCK | IN_CLOEXEC);
-	if (q.incoming_fd < 0 || q.done_fd < 0 || q.mail_fd < 0 || q.ino_fd < 0 ||
+	if (q.incoming_fd < 0 || q.done_fd < 0 || q.mail_fd < 0 || q.ino_fd < 0 || q.hold_fd < 0 ||
 	    inotify_add_watch(q.ino_fd, QUEUE_DIR_INCOMING, IN_MOVED_TO) < 0) {
 		log_event(LOG_LVL_ERROR, "qmgr.error", "op", "open", "error", strerror(errno), NULL);
 		store_close(&q.st);
@@ -499,6 +892,15 @@ int qmgr_main(struct kale_ctx *ctx)
 	event_base_priority_init(q.base, 2);
 	q.work_ev = event_new(q.base, -1, 0, qmgr_work_cb, &q);
 	event_priority_set(q.work_ev, 1);
+	q.sync_ev = event_new(q.base, -1, 0, qmgr_sync_cb, &q);
+	event_priority_set(q.sync_ev, 1);
+	q.relay = relay_new(q.base, q.cfg, &error);
+	if (q.relay == NULL) {
+		/* no resolver: relay jobs cannot run; say so and keep local delivery */
+		log_event(LOG_LVL_ERROR, "relay.error", "error", error, NULL);
+		free(error);
+		error = NULL;
+	}
 	q.ino_ev = event_new(q.base, q.ino_fd, EV_READ | EV_PERSIST, qmgr_ino_cb, &q);
 	event_add(q.ino_ev, NULL);
 	q.tick_ev = event_new(q.base, -1, EV_PERSIST, qmgr_tick_cb, &q);
@@ -517,11 +919,16 @@ int qmgr_main(struct kale_ctx *ctx)
 	}
 	event_base_dispatch(q.base);
 	signal(SIGTERM, SIG_IGN);    /* a second TERM must not cut the clean-up short */
+	relay_free(&q.relay);       /* drops jobs in flight: they are retried after restart */
+	qmgr_sync(&q);
 	store_log_flush(q.st);
 	for (int b = 0; b < QMGR_BUCKETS; b++)
-		while (q.hash[b])
+		while (q.hash[b]) {
+			qmgr_run_free(q.hash[b]->run);
 			qmgr_forget(&q, q.hash[b]);
+		}
 	event_free(q.work_ev);
+	event_free(q.sync_ev);
 	event_free(q.ino_ev);
 	event_free(q.tick_ev);
 	event_free(q.sig_term);
@@ -531,6 +938,7 @@ int qmgr_main(struct kale_ctx *ctx)
 	close(q.incoming_fd);
 	close(q.done_fd);
 	close(q.mail_fd);
+	close(q.hold_fd);
 	store_close(&q.st);
 	log_event(LOG_LVL_INFO, "qmgr.stop", NULL);
 	return 0;

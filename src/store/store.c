@@ -63,7 +63,7 @@ static const char *const store_mig1[] = {
 /* Version 2 (H11, recipient verification; store_verify.c):
  *   verify_profiles(name PK NOCASE, type, url, query, base, filter, bind_dn,
  *                   bind_password, route_attr, starttls, mode, ttl_found,
- *                   ttl_missing, fallback)
+ *                   ttl_missing, fallback, timeout)
  *   verify_cache(profile, address, result 0 found|1 missing, route, expires)
  * Triggers empty the cache of localdb profiles whenever users, aliases or
  * domains change, whoever changes them. */
@@ -85,7 +85,8 @@ static const char *const store_mig2[] = {
 	" mode TEXT NOT NULL DEFAULT 'realtime',"
 	" ttl_found INTEGER NOT NULL DEFAULT 3600,"
 	" ttl_missing INTEGER NOT NULL DEFAULT 600,"
-	" fallback TEXT NOT NULL DEFAULT '' COLLATE NOCASE)",
+	" fallback TEXT NOT NULL DEFAULT '' COLLATE NOCASE,"
+	" timeout INTEGER NOT NULL DEFAULT 5)",
 	"CREATE TABLE verify_cache ("
 	" profile TEXT NOT NULL COLLATE NOCASE,"
 	" address TEXT NOT NULL,"

@@ -137,6 +137,7 @@ struct store_verify {
 	char mode[16];           /* "realtime" or "cache" */
 	int ttl_found, ttl_missing;   /* seconds */
 	char fallback[64];       /* "" = none */
+	int timeout;             /* connect and query, seconds (1-60; default 5) */
 };
 /* Adds a profile (checks the name, type, mode, TTLs and that the fallback
  * exists; backend-specific fields are checked by the caller). 0 or -1. */

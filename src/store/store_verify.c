@@ -11,7 +11,7 @@
 #include "lib/util.h"
 
 #define STORE_VERIFY_COLS "name, type, url, query, base, filter, bind_dn, bind_password, " \
-	"route_attr, starttls, mode, ttl_found, ttl_missing, fallback"
+	"route_attr, starttls, mode, ttl_found, ttl_missing, fallback, timeout"
 
 #define STORE_VERIFY_TTL_MAX (30 * 86400)
 
@@ -60,6 +60,7 @@ static void store_verify_row(sqlite3_stmt *s, struct store_verify *v)
 	v->ttl_found = sqlite3_column_int(s, 11);
 	v->ttl_missing = sqlite3_column_int(s, 12);
 	store_verify_col(v->fallback, sizeof(v->fallback), s, 13);
+	v->timeout = sqlite3_column_int(s, 14);
 }
 
 int store_verify_get(store *st, const char *name, struct store_verify *v_r)
@@ -106,6 +107,8 @@ int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 	if (v->ttl_found < 1 || v->ttl_found > STORE_VERIFY_TTL_MAX ||
 	    v->ttl_missing < 1 || v->ttl_missing > STORE_VERIFY_TTL_MAX)
 		return store_err(error_r, "TTLs must be 1-%d seconds", STORE_VERIFY_TTL_MAX);
+	if (v->timeout < 0 || v->timeout > 60)
+		return store_err(error_r, "the timeout must be 1-60 seconds");
 	if (!store_verify_text_ok(v->url) || !store_verify_text_ok(v->query) ||
 	    !store_verify_text_ok(v->base) || !store_verify_text_ok(v->filter) ||
 	    !store_verify_text_ok(v->bind_dn) || !store_verify_text_ok(v->bind_password) ||
@@ -122,7 +125,7 @@ int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 		rc = -1;
 	}
 	s = store_prepare(st, "INSERT INTO verify_profiles(" STORE_VERIFY_COLS ") "
-	    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", error_r);
+	    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", error_r);
 	if (s == NULL)
 		return -1;
 	store_bind_text(s, 1, v->name);
@@ -139,6 +142,7 @@ int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 	sqlite3_bind_int(s, 12, v->ttl_found);
 	sqlite3_bind_int(s, 13, v->ttl_missing);
 	store_bind_text(s, 14, v->fallback);
+	sqlite3_bind_int(s, 15, v->timeout > 0 ? v->timeout : 5);
 	switch (sqlite3_step(s)) {
 	case SQLITE_DONE:
 		rc = 0;

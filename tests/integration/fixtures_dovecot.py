@@ -64,6 +64,12 @@ default_login_user = dovenull
 disable_plaintext_auth = no
 auth_mechanisms = plain login
 auth_failure_delay = 0
+# no growing anvil auth penalty for the many wrong passwords of the tests
+service anvil {{
+  unix_listener anvil-auth-penalty {{
+    mode = 0
+  }}
+}}
 ssl = yes
 ssl_cert = <{cert}
 ssl_key = <{key}
