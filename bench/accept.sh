@@ -60,11 +60,17 @@ for v in N SIZE SESSIONS TIMEOUT; do
         exit 2
         ;;
     esac
+    val=$((10#$val)) # no octal surprises from a leading 0
     if [ "$val" -eq 0 ]; then
         echo "accept.sh: $v must be a positive integer" >&2
         exit 2
     fi
+    printf -v "$v" '%d' "$val"
 done
+# enough server slots for every session (Postfix smtpd processes, kale
+# connections per IP, which also counts connections still closing)
+PF_PROCS=$((SESSIONS * 2 > 100 ? SESSIONS * 2 : 100))
+KALE_PER_IP=$((SESSIONS * 4 > 200 ? SESSIONS * 4 : 200))
 
 if [ "$(id -u)" != 0 ]; then
     echo "accept.sh: must run as root (private Postfix instance, kaled run_as)" >&2
@@ -334,7 +340,7 @@ alias_maps =
 alias_database =
 local_recipient_maps =
 biff = no
-default_process_limit = 100
+default_process_limit = $PF_PROCS
 virtual_mailbox_domains = bench.test
 virtual_mailbox_base = $PF_DIR/mail
 virtual_mailbox_maps = texthash:$etc/vmailbox
@@ -415,7 +421,7 @@ imaps =
 admin =
 
 [limits]
-max_connections_per_ip = 200
+max_connections_per_ip = $KALE_PER_IP
 command_timeout = 60
 EOF
     "$BUILD/kalectl" -c "$conf" domain add bench.test --local >/dev/null ||

@@ -71,10 +71,12 @@ static int lookup_filter_check(const char *f, char **error_r)
 	for (const char *p = f; *p; p++) {
 		if (*p == '(')
 			depth++;
-		else if (*p == ')' && --depth < 0)
+		else if (*p == ')')
+			depth--;
+		if (depth <= 0 && p[1] != '\0') {
+			depth = -1;    /* one filter: closed only at its end */
 			break;
-		else if (depth == 0)
-			break;
+		}
 	}
 	if (depth != 0)
 		return lookup_err(error_r, "unbalanced parentheses in the filter");

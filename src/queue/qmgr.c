@@ -15,8 +15,12 @@
 #include <time.h>
 #include <unistd.h>
 #include <sys/inotify.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
+#include <sys/un.h>
 
+#include <event2/buffer.h>
+#include <event2/bufferevent.h>
 #include <event2/event.h>
 
 #include "conf/conf.h"
@@ -26,6 +30,7 @@
 #include "mail/dsn.h"
 #include "lib/util.h"
 #include "master/kaled.h"
+#include "queue/qmgr.h"
 #include "queue/queue_file.h"
 #include "store/store.h"
 
@@ -394,7 +399,6 @@ static void qmgr_rcpt(struct qmgr *q, struct qmgr_run *run, int idx,
 	(*n_pend)++;
 }
 
-int64_t qmgr_retry_delay(const struct kale_config *cfg, int attempts);
 int64_t qmgr_retry_delay(const struct kale_config *cfg, int attempts)
 {
 	if (cfg->n_retry == 0)
@@ -749,7 +753,7 @@ static void qmgr_work_cb(evutil_socket_t fd, short what, void *arg)
 			cap_pend = (n_pend + run->env.n_rcpt) * 2;
 			pend = xrealloc(pend, sizeof(*pend) * (size_t)cap_pend);
 		}
-		for (int i = 0; i < run->env.n_rcpt; i++)
+		for (int i = 0; i < run->env.n_rcpt && !m->bounce_req; i++)
 			if (!run->done[i])
 				qmgr_rcpt(q, run, i, pend, &n_pend);
 		runs[n_runs++] = run;
@@ -797,6 +801,327 @@ static void qmgr_work_cb(evutil_socket_t fd, short what, void *arg)
 	free(pend);
 	if (q->ready_head)
 		event_active(q->work_ev, 0, 0);
+}
+
+/* ---------- queue control (kalectl queue ...; docs/relay.md) ---------- */
+
+/* Logs one mail-log row per pending recipient of the message in dir_fd. */
+static void qmgr_log_msg(struct qmgr *q, int dir_fd, const char *qid, const char *action,
+    const char *reason)
+{
+	struct queue_env env;
+	const char *err = NULL;
+	unsigned char *done;
+	int fd = openat(dir_fd, qid, O_RDONLY | O_CLOEXEC);
+
+	if (fd < 0)
+		return;
+	if (queue_file_read_env(fd, &env, &err) == 0) {
+		done = xcalloc((size_t)env.n_rcpt + 1, 1);
+		queue_done_read(q->done_fd, qid, done, env.n_rcpt);
+		for (int i = 0; i < env.n_rcpt; i++)
+			if (!done[i])
+				qmgr_log(q, &env, env.rcpt[i].addr, action, NULL, reason, NULL);
+		free(done);
+		queue_env_free(&env);
+	}
+	close(fd);
+}
+
+static int qmgr_exists(int dir_fd, const char *qid)
+{
+	struct stat sb;
+
+	return fstatat(dir_fd, qid, &sb, 0) == 0;
+}
+
+/* Moves qid between queue directories durably. 0 ok, -1 errno. */
+static int qmgr_move(int from_fd, int to_fd, const char *qid)
+{
+	if (renameat(from_fd, qid, to_fd, qid) < 0)
+		return -1;
+	if (fsync(to_fd) < 0 || fsync(from_fd) < 0)
+		return -1;
+	return 0;
+}
+
+/* Bounces every pending recipient of a message that is not in flight:
+ * one DSN, then the message is removed. 0 ok, -1 (reply says why). */
+static int qmgr_bounce_now(struct qmgr *q, int dir_fd, const char *qid, char *reply, size_t cap)
+{
+	struct qmgr_run *run = xcalloc(1, sizeof(*run));
+	const char *err = NULL;
+	int all = 1, rc = -1;
+
+	run->q = q;
+	run->fd = openat(dir_fd, qid, O_RDONLY | O_CLOEXEC);
+	if (run->fd < 0 || queue_file_read_env(run->fd, &run->env, &err) < 0) {
+		util_fmt(reply, cap, "cannot read %s: %s", qid, err ? err : strerror(errno));
+		goto out;
+	}
+	run->done = xcalloc((size_t)run->env.n_rcpt + 1, 1);
+	run->newly = xcalloc((size_t)run->env.n_rcpt + 1, sizeof(int));
+	queue_done_read(q->done_fd, qid, run->done, run->env.n_rcpt);
+	for (int r = 0; r < run->env.n_rcpt; r++)
+		if (!run->done[r])
+			qmgr_fail(q, run, r, "bounced", 550, "5.0.0", "message bounced by the administrator", NULL);
+	qmgr_bounce(q, run);
+	if (run->deferred) {
+		util_fmt(reply, cap, "%s: %s", qid, run->defer_reason);
+		goto out;
+	}
+	for (int r = 0; r < run->env.n_rcpt; r++)
+		all &= run->done[r];
+	if (all) {
+		unlinkat(dir_fd, qid, 0);
+		unlinkat(q->done_fd, qid, 0);
+	} else if (run->n_newly > 0) {
+		queue_done_append(q->done_fd, qid, run->newly, run->n_newly);
+	}
+	if (syncfs(q->incoming_fd) < 0)
+		log_event(LOG_LVL_ERROR, "queue.error", "op", "syncfs", "error", strerror(errno), NULL);
+	util_fmt(reply, cap, "%s bounced", qid);
+	rc = 0;
+out:
+	qmgr_run_free(run);
+	return rc;
+}
+
+/* Runs one control command ("hold QID", "release QID", "delete QID",
+ * "bounce QID", "flush [QID]"). With q->base NULL (kalectl, daemon
+ * stopped) only the spool is changed. Returns 0 with a reply text, or -1
+ * with an error text. */
+static int qmgr_cmd(struct qmgr *q, const char *line, char *reply, size_t cap)
+{
+	char verb[16] = "", qid[64] = "";
+	struct qmgr_msg *m = NULL;
+	int n = sscanf(line, "%15s %63s", verb, qid);
+	int in_inc, in_hold;
+
+	if (n < 1) {
+		util_fmt(reply, cap, "empty command");
+		return -1;
+	}
+	if (n == 2 && !queue_qid_valid(qid)) {
+		util_fmt(reply, cap, "bad queue id");
+		return -1;
+	}
+	if (strcmp(verb, "flush") == 0) {
+		if (q->base == NULL) {
+			util_fmt(reply, cap, "daemon not running; the queue is tried when it starts");
+			return 0;
+		}
+		if (n == 1) {
+			for (int b = 0; b < QMGR_BUCKETS; b++)
+				for (struct qmgr_msg *x = q->hash[b]; x; x = x->hnext) {
+					x->next_try = 0;
+					qmgr_ready(q, x);
+				}
+			qmgr_scan(q);
+			log_event(LOG_LVL_INFO, "queue.flush", NULL);
+			util_fmt(reply, cap, "queue flush started");
+			return 0;
+		}
+		if (!qmgr_exists(q->incoming_fd, qid)) {
+			util_fmt(reply, cap, "%s", qmgr_exists(q->hold_fd, qid) ? "message is held" : "no such message");
+			return -1;
+		}
+		m = qmgr_add(q, qid);
+		m->next_try = 0;
+		qmgr_ready(q, m);
+		log_event(LOG_LVL_INFO, "queue.flush", "qid", qid, NULL);
+		util_fmt(reply, cap, "%s scheduled", qid);
+		return 0;
+	}
+	if (n != 2) {
+		util_fmt(reply, cap, "usage: %s QID", verb);
+		return -1;
+	}
+	in_inc = qmgr_exists(q->incoming_fd, qid);
+	in_hold = qmgr_exists(q->hold_fd, qid);
+	if (!in_inc && !in_hold) {
+		util_fmt(reply, cap, "no such message");
+		return -1;
+	}
+	if (q->base != NULL)
+		m = qmgr_find(q, qid);
+	if (strcmp(verb, "hold") == 0) {
+		if (in_hold) {
+			util_fmt(reply, cap, "%s is already held", qid);
+			return -1;
+		}
+		if (qmgr_move(q->incoming_fd, q->hold_fd, qid) < 0) {
+			util_fmt(reply, cap, "hold %s: %s", qid, strerror(errno));
+			return -1;
+		}
+		qmgr_log_msg(q, q->hold_fd, qid, "held", "held by the administrator");
+		if (m != NULL) {
+			m->held = 1;
+			qmgr_unready(q, m);
+			if (m->run == NULL)
+				qmgr_forget(q, m);
+		}
+		util_fmt(reply, cap, "%s held%s", qid, m && m->run ? " (a delivery in progress ends first)" : "");
+		return 0;
+	}
+	if (strcmp(verb, "release") == 0) {
+		if (!in_hold) {
+			util_fmt(reply, cap, "%s is not held", qid);
+			return -1;
+		}
+		if (qmgr_move(q->hold_fd, q->incoming_fd, qid) < 0) {
+			util_fmt(reply, cap, "release %s: %s", qid, strerror(errno));
+			return -1;
+		}
+		qmgr_log_msg(q, q->incoming_fd, qid, "released", "released by the administrator");
+		if (q->base != NULL) {
+			m = qmgr_add(q, qid);
+			m->held = 0;
+			m->next_try = 0;
+			qmgr_ready(q, m);
+		}
+		util_fmt(reply, cap, "%s released", qid);
+		return 0;
+	}
+	if (strcmp(verb, "delete") == 0) {
+		int dfd = in_inc ? q->incoming_fd : q->hold_fd;
+		qmgr_log_msg(q, dfd, qid, "deleted", "deleted by the administrator");
+		if (unlinkat(dfd, qid, 0) < 0) {
+			util_fmt(reply, cap, "delete %s: %s", qid, strerror(errno));
+			return -1;
+		}
+		unlinkat(q->done_fd, qid, 0);
+		if (fsync(dfd) < 0)
+			log_event(LOG_LVL_ERROR, "queue.error", "op", "fsync", "error", strerror(errno), NULL);
+		if (m != NULL) {
+			if (m->run)
+				m->deleted = 1;
+			else
+				qmgr_forget(q, m);
+		}
+		util_fmt(reply, cap, "%s deleted", qid);
+		return 0;
+	}
+	if (strcmp(verb, "bounce") == 0) {
+		if (m != NULL && m->run) {
+			m->bounce_req = 1;
+			util_fmt(reply, cap, "%s will be bounced when the delivery in progress ends", qid);
+			return 0;
+		}
+		if (qmgr_bounce_now(q, in_inc ? q->incoming_fd : q->hold_fd, qid, reply, cap) < 0)
+			return -1;
+		if (m != NULL && !qmgr_exists(q->incoming_fd, qid))
+			qmgr_forget(q, m);
+		return 0;
+	}
+	util_fmt(reply, cap, "unknown queue command");
+	return -1;
+}
+
+static void qmgr_ctl_write_cb(struct bufferevent *bev, void *arg)
+{
+	(void)arg;
+	bufferevent_free(bev);
+}
+
+static void qmgr_ctl_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)what;
+	(void)arg;
+	bufferevent_free(bev);
+}
+
+static void qmgr_ctl_read_cb(struct bufferevent *bev, void *arg)
+{
+	struct qmgr *q = arg;
+	struct evbuffer *in = bufferevent_get_input(bev);
+	char reply[512];
+	size_t len;
+	char *line = evbuffer_readln(in, &len, EVBUFFER_EOL_CRLF);
+
+	if (line == NULL) {
+		if (evbuffer_get_length(in) > 512)
+			bufferevent_free(bev);
+		return;
+	}
+	if (len > 200 || qmgr_cmd(q, line, reply, sizeof(reply)) < 0)
+		evbuffer_add_printf(bufferevent_get_output(bev), "error %s\n", len > 200 ? "command too long" : reply);
+	else
+		evbuffer_add_printf(bufferevent_get_output(bev), "ok\n%s\n", reply);
+	free(line);
+	store_log_flush(q->st);
+	bufferevent_disable(bev, EV_READ);
+	bufferevent_setcb(bev, NULL, qmgr_ctl_write_cb, qmgr_ctl_event_cb, q);
+}
+
+static void qmgr_ctl_accept_cb(evutil_socket_t lfd, short what, void *arg)
+{
+	struct qmgr *q = arg;
+	struct timeval tv = { 10, 0 };
+	int fd;
+
+	(void)what;
+	while ((fd = accept4(lfd, NULL, NULL, SOCK_NONBLOCK | SOCK_CLOEXEC)) >= 0) {
+		struct bufferevent *bev = bufferevent_socket_new(q->base, fd, BEV_OPT_CLOSE_ON_FREE);
+		if (bev == NULL) {
+			close(fd);
+			continue;
+		}
+		bufferevent_setcb(bev, qmgr_ctl_read_cb, NULL, qmgr_ctl_event_cb, q);
+		bufferevent_set_timeouts(bev, &tv, &tv);
+		bufferevent_enable(bev, EV_READ | EV_WRITE);
+	}
+}
+
+static int qmgr_ctl_open(struct qmgr *q)
+{
+	struct sockaddr_un sun;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", QMGR_SOCK);
+	unlink(QMGR_SOCK);
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
+	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || chmod(QMGR_SOCK, 0600) < 0 ||
+	    listen(fd, 16) < 0) {
+		log_event(LOG_LVL_ERROR, "qmgr.error", "op", "control socket", "error", strerror(errno), NULL);
+		if (fd >= 0)
+			close(fd);
+		return -1;
+	}
+	q->ctl_fd = fd;
+	q->ctl_ev = event_new(q->base, fd, EV_READ | EV_PERSIST, qmgr_ctl_accept_cb, q);
+	event_add(q->ctl_ev, NULL);
+	return 0;
+}
+
+int qmgr_offline(const struct kale_config *cfg, store *st, const char *cmd, char **reply_r)
+{
+	struct qmgr q;
+	char reply[512];
+	int rc = -1;
+
+	memset(&q, 0, sizeof(q));
+	q.cfg = cfg;
+	q.st = st;
+	q.incoming_fd = open(QUEUE_DIR_INCOMING, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	q.done_fd = open(QUEUE_DIR_DONE, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	mkdir(QUEUE_DIR_HOLD, 0700);
+	q.hold_fd = open(QUEUE_DIR_HOLD, O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (q.incoming_fd < 0 || q.done_fd < 0 || q.hold_fd < 0)
+		util_fmt(reply, sizeof(reply), "cannot open the queue: %s", strerror(errno));
+	else
+		rc = qmgr_cmd(&q, cmd, reply, sizeof(reply));
+	store_log_flush(st);
+	if (q.incoming_fd >= 0)
+		close(q.incoming_fd);
+	if (q.done_fd >= 0)
+		close(q.done_fd);
+	if (q.hold_fd >= 0)
+		close(q.hold_fd);
+	*reply_r = xstrdup(reply);
+	return rc;
 }
 
 static void qmgr_ino_cb(evutil_socket_t fd, short what, void *arg)
@@ -909,6 +1234,7 @@ int qmgr_main(struct kale_ctx *ctx)
 	q.sig_usr1 = evsignal_new(q.base, SIGUSR1, qmgr_usr1_cb, &q);
 	event_add(q.sig_term, NULL);
 	event_add(q.sig_usr1, NULL);
+	qmgr_ctl_open(&q);
 	/* Recovery: everything committed before a crash or stop is in incoming/. */
 	qmgr_clean_done(&q);
 	qmgr_scan(&q);
@@ -929,6 +1255,11 @@ int qmgr_main(struct kale_ctx *ctx)
 		}
 	event_free(q.work_ev);
 	event_free(q.sync_ev);
+	if (q.ctl_ev) {
+		event_free(q.ctl_ev);
+		close(q.ctl_fd);
+		unlink(QMGR_SOCK);
+	}
 	event_free(q.ino_ev);
 	event_free(q.tick_ev);
 	event_free(q.sig_term);

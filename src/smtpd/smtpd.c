@@ -4,6 +4,7 @@
  * connection, messages streamed into queue/tmp and committed in groups (one
  * syncfs + one directory fsync for every session that finished together). */
 #include <errno.h>
+#include <pthread.h>
 #include <fcntl.h>
 #include <signal.h>
 #include <stdio.h>
@@ -135,8 +136,16 @@ struct smtpd_worker {
 	int n_lev;
 	struct smtpd_session *sessions;
 	int n_sessions;
-	struct smtpd_session *commit_head;
-	struct event *commit_ev;
+	struct smtpd_session *commit_head;      /* finished DATA, waiting for a commit */
+	struct smtpd_session *commit_inflight;  /* being synced by the commit thread */
+	struct smtpd_commit *commit_inflight_job;
+	struct smtpd_commit *commit_job;        /* handed to the thread (under commit_mu) */
+	pthread_t commit_thr;
+	pthread_mutex_t commit_mu;
+	pthread_cond_t commit_cv;
+	int commit_stop;
+	int commit_pipe[2];
+	struct event *commit_ev, *commit_done_ev;
 	struct event *flush_ev;
 	struct event *sig_term, *sig_usr2, *stop_ev;
 	int incoming_fd;
@@ -357,64 +366,180 @@ static void smtpd_accepted(struct smtpd_session *s)
 	smtpd_tx_reset(s);
 }
 
-/* Runs after the loop's pending I/O callbacks: every session that finished
- * its message in this round shares one syncfs and one directory fsync. */
-static void smtpd_commit_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct smtpd_worker *w = arg;
-	struct smtpd_session *batch = w->commit_head, *s, *next;
-	int sync_fd = -1, sync_err = 0, dir_err = 0;
+/* A group commit handed to the commit thread: the sessions' queue ids, one
+ * fd on the queue file system for syncfs, and the results. */
+struct smtpd_commit {
+	int n;
+	char (*qid)[32];
+	int *err;                  /* per message: rename error */
+	int sync_fd;
+	int sync_err, dir_err;
+};
 
-	(void)fd;
-	(void)what;
-	w->commit_head = NULL;
-	if (batch == NULL)
+/* The disk work of one group commit: one syncfs for every file of the
+ * batch, the renames into incoming/ (the commit point), one fsync of the
+ * directory. Runs on the commit thread, or inline at shutdown. */
+static void smtpd_commit_work(struct smtpd_commit *c, int incoming_fd)
+{
+	if (syncfs(c->sync_fd) < 0) {
+		c->sync_err = errno;
 		return;
-	sync_fd = batch->tx.fd;
-	if (syncfs(sync_fd) < 0)
-		sync_err = errno;
-	for (s = batch; s; s = s->commit_next) {
-		char from[128], to[128];
-		if (sync_err)
-			break;
-		snprintf(from, sizeof(from), QUEUE_DIR_TMP "/%s", s->tx.qid);
-		snprintf(to, sizeof(to), QUEUE_DIR_INCOMING "/%s", s->tx.qid);
-		if (rename(from, to) < 0) {
-			log_event(LOG_LVL_ERROR, "queue.error", "op", "rename", "qid", s->tx.qid,
-			    "error", strerror(errno), NULL);
-			s->tx.werrno = errno ? errno : EIO;
-		}
 	}
-	if (!sync_err && fsync(w->incoming_fd) < 0)
-		dir_err = errno;
-	if (sync_err || dir_err)
-		log_event(LOG_LVL_ERROR, "queue.error", "op", sync_err ? "syncfs" : "fsync-dir",
-		    "error", strerror(sync_err ? sync_err : dir_err), NULL);
-	for (s = batch; s; s = next) {
+	for (int i = 0; i < c->n; i++) {
+		char from[128], to[128];
+		snprintf(from, sizeof(from), QUEUE_DIR_TMP "/%s", c->qid[i]);
+		snprintf(to, sizeof(to), QUEUE_DIR_INCOMING "/%s", c->qid[i]);
+		if (rename(from, to) < 0)
+			c->err[i] = errno ? errno : EIO;
+	}
+	if (fsync(incoming_fd) < 0)
+		c->dir_err = errno;
+}
+
+static struct smtpd_commit *smtpd_commit_prepare(struct smtpd_session *batch)
+{
+	struct smtpd_commit *c = xcalloc(1, sizeof(*c));
+	int n = 0;
+
+	for (struct smtpd_session *s = batch; s; s = s->commit_next)
+		n++;
+	c->qid = xcalloc((size_t)n, sizeof(*c->qid));
+	c->err = xcalloc((size_t)n, sizeof(int));
+	c->sync_fd = batch->tx.fd;
+	for (struct smtpd_session *s = batch; s; s = s->commit_next)
+		memcpy(c->qid[c->n++], s->tx.qid, sizeof(c->qid[0]));
+	return c;
+}
+
+/* Back on the loop: answer every session of the batch. */
+static void smtpd_commit_finish(struct smtpd_worker *w, struct smtpd_session *batch, struct smtpd_commit *c)
+{
+	struct smtpd_session *s, *next;
+	int i = 0;
+
+	(void)w;
+	if (c->sync_err || c->dir_err)
+		log_event(LOG_LVL_ERROR, "queue.error", "op", c->sync_err ? "syncfs" : "fsync-dir",
+		    "error", strerror(c->sync_err ? c->sync_err : c->dir_err), NULL);
+	for (s = batch; s; s = next, i++) {
 		next = s->commit_next;
 		s->commit_next = NULL;
 		s->state = SMTPD_CMD;
-		if (sync_err || s->tx.werrno) {
-			/* Not durable: the file may or may not be in incoming/ (after a
-			 * failed directory fsync it is, and qmgr may deliver it); we
-			 * answered nothing yet, so a 4xx makes the client retry. */
-			smtpd_reject(s, NULL, sync_err == ENOSPC ? "452 4.3.1 Insufficient system storage"
-			    : "451 4.3.0 Queue write error");
-			if (!sync_err) {
-				close(s->tx.fd);
+		if (c->err[i]) {
+			log_event(LOG_LVL_ERROR, "queue.error", "op", "rename", "qid", s->tx.qid,
+			    "error", strerror(c->err[i]), NULL);
+			s->tx.werrno = c->err[i];
+		}
+		if (c->sync_err || c->dir_err || s->tx.werrno) {
+			/* Not durable, or not known to be: nothing was answered yet,
+			 * so a 4xx makes the client retry. After a failed directory
+			 * fsync the file is in incoming/ and may still be delivered:
+			 * a duplicate at worst, never a loss. */
+			smtpd_reject(s, NULL, (c->sync_err == ENOSPC || c->sync_err == EDQUOT)
+			    ? "452 4.3.1 Insufficient system storage" : "451 4.3.0 Queue write error");
+			if (!c->sync_err && !c->err[i]) {
+				close(s->tx.fd);   /* renamed: must not be unlinked from tmp/ */
 				s->tx.fd = -1;
 			}
-			smtpd_tx_reset(s);
-		} else if (dir_err) {
-			smtpd_reject(s, NULL, "451 4.3.0 Queue write error");
-			close(s->tx.fd);
-			s->tx.fd = -1;
 			smtpd_tx_reset(s);
 		} else {
 			smtpd_accepted(s);
 		}
 		bufferevent_enable(s->bev, EV_READ);
 		smtpd_process(s);
+	}
+	free(c->qid);
+	free(c->err);
+	free(c);
+}
+
+static void *smtpd_commit_thread(void *arg)
+{
+	struct smtpd_worker *w = arg;
+
+	for (;;) {
+		struct smtpd_commit *c;
+		char one = 1;
+
+		pthread_mutex_lock(&w->commit_mu);
+		while (w->commit_job == NULL && !w->commit_stop)
+			pthread_cond_wait(&w->commit_cv, &w->commit_mu);
+		c = w->commit_job;
+		w->commit_job = NULL;
+		pthread_mutex_unlock(&w->commit_mu);
+		if (c == NULL)
+			break;
+		smtpd_commit_work(c, w->incoming_fd);
+		while (write(w->commit_pipe[1], &one, 1) < 0 && errno == EINTR)
+			;
+	}
+	return NULL;
+}
+
+/* Runs after the loop's pending I/O callbacks. The sessions that finished
+ * in this round form a batch; while one batch syncs on the commit thread,
+ * the loop goes on serving everyone else and the next batch gathers, so the
+ * disk is kept busy with ever larger groups. */
+static void smtpd_commit_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+	struct smtpd_commit *c;
+
+	(void)fd;
+	(void)what;
+	if (w->commit_inflight || w->commit_head == NULL)
+		return;
+	w->commit_inflight = w->commit_head;
+	w->commit_head = NULL;
+	c = smtpd_commit_prepare(w->commit_inflight);
+	w->commit_inflight_job = c;
+	pthread_mutex_lock(&w->commit_mu);
+	w->commit_job = c;
+	pthread_cond_signal(&w->commit_cv);
+	pthread_mutex_unlock(&w->commit_mu);
+}
+
+static void smtpd_commit_done_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_worker *w = arg;
+	struct smtpd_session *batch = w->commit_inflight;
+	char buf[16];
+
+	(void)what;
+	if (read(fd, buf, sizeof(buf)) <= 0 || batch == NULL)
+		return;
+	w->commit_inflight = NULL;
+	smtpd_commit_finish(w, batch, w->commit_inflight_job);
+	w->commit_inflight_job = NULL;
+	if (w->commit_head)
+		event_active(w->commit_ev, 0, 0);
+}
+
+/* At shutdown: wait for the batch in flight, then commit what is pending
+ * inline, so every session that finished its DATA gets its answer. */
+static void smtpd_commit_drain(struct smtpd_worker *w)
+{
+	if (w->commit_inflight) {
+		char b;
+		int fl = fcntl(w->commit_pipe[0], F_GETFL);
+		fcntl(w->commit_pipe[0], F_SETFL, fl & ~O_NONBLOCK);
+		while (read(w->commit_pipe[0], &b, 1) < 0 && errno == EINTR)
+			;
+		fcntl(w->commit_pipe[0], F_SETFL, fl);
+		{
+			struct smtpd_session *batch = w->commit_inflight;
+			w->commit_inflight = NULL;
+			smtpd_commit_finish(w, batch, w->commit_inflight_job);
+			w->commit_inflight_job = NULL;
+		}
+	}
+	if (w->commit_head) {
+		struct smtpd_session *batch = w->commit_head;
+		struct smtpd_commit *c;
+		w->commit_head = NULL;
+		c = smtpd_commit_prepare(batch);
+		smtpd_commit_work(c, w->incoming_fd);
+		smtpd_commit_finish(w, batch, c);
 	}
 }
 
@@ -1826,8 +1951,7 @@ static void smtpd_sigterm_cb(evutil_socket_t sig, short what, void *arg)
 		return;
 	w->stopping = 2;
 	smtpd_stop_listening(w);
-	if (w->commit_head)
-		smtpd_commit_cb(-1, 0, w);
+	smtpd_commit_drain(w);
 	for (struct smtpd_session *s = w->sessions, *next; s; s = next) {
 		next = s->next;
 		if (s->state == SMTPD_CLOSING)
@@ -1895,6 +2019,18 @@ int smtpd_main(struct kale_ctx *ctx)
 	}
 	w.commit_ev = event_new(w.base, -1, 0, smtpd_commit_cb, &w);
 	event_priority_set(w.commit_ev, 1);
+	if (pipe2(w.commit_pipe, O_NONBLOCK | O_CLOEXEC) < 0) {
+		log_event(LOG_LVL_ERROR, "smtpd.error", "op", "pipe", "error", strerror(errno), NULL);
+		return 1;
+	}
+	pthread_mutex_init(&w.commit_mu, NULL);
+	pthread_cond_init(&w.commit_cv, NULL);
+	if (pthread_create(&w.commit_thr, NULL, smtpd_commit_thread, &w) != 0) {
+		log_event(LOG_LVL_ERROR, "smtpd.error", "op", "thread", NULL);
+		return 1;
+	}
+	w.commit_done_ev = event_new(w.base, w.commit_pipe[0], EV_READ | EV_PERSIST, smtpd_commit_done_cb, &w);
+	event_add(w.commit_done_ev, NULL);
 	w.flush_ev = event_new(w.base, -1, EV_PERSIST, smtpd_flush_cb, &w);
 	event_add(w.flush_ev, &flush_tv);
 	w.stop_ev = evtimer_new(w.base, smtpd_stop_cb, &w);
@@ -1922,6 +2058,7 @@ int smtpd_main(struct kale_ctx *ctx)
 	event_base_dispatch(w.base);
 out:
 	signal(SIGTERM, SIG_IGN);    /* a second TERM must not cut the clean-up short */
+	smtpd_commit_drain(&w);
 	smtpd_stop_listening(&w);
 	while (w.sessions) {
 		w.sessions->state = SMTPD_CMD;
@@ -1930,6 +2067,14 @@ out:
 	lookup_pool_free(&w.pool);
 	store_log_flush(w.st);
 	store_close(&w.st);
+	pthread_mutex_lock(&w.commit_mu);
+	w.commit_stop = 1;
+	pthread_cond_signal(&w.commit_cv);
+	pthread_mutex_unlock(&w.commit_mu);
+	pthread_join(w.commit_thr, NULL);
+	close(w.commit_pipe[0]);
+	close(w.commit_pipe[1]);
+	event_free(w.commit_done_ev);
 	event_free(w.commit_ev);
 	event_free(w.flush_ev);
 	event_free(w.stop_ev);

@@ -225,7 +225,7 @@ def test_bad_options(node):
     assert p.returncode == 1
     p = sendmail(node, ["-f"], "")
     assert p.returncode == 1
-    p = sendmail(node, ["bad<addr@example.test"], "x\n")
+    p = sendmail(node, ["bo\x01b@example.test"], "x\n")
     assert p.returncode == 1
 
 
