@@ -273,6 +273,31 @@ static void auth_set_detail(char **detail_r, const char *fmt, const char *arg)
 	*detail_r = xstrdup(buf);
 }
 
+/* method "ldap:PROFILE": the verification profile gives the directory */
+static enum auth_result auth_ldap(store *st, const struct auth_settings *s, const char *addr,
+    const char *password, char **detail_r)
+{
+	struct store_verify *v = xcalloc(1, sizeof(*v));
+	char *detail = NULL;
+	enum auth_result r = AUTH_TEMPFAIL;
+	int rc = store_verify_get(st, s->method + 5, v);
+
+	if (rc < 0) {
+		auth_set_detail(detail_r, "%s: cannot read the verification profile", s->method);
+	} else if (rc == 0) {
+		auth_set_detail(detail_r, "%s: no such verification profile", s->method);
+	} else {
+		r = auth_ldap_check(v, addr, password, s->timeout, &detail);
+		if (detail_r != NULL)
+			*detail_r = detail;
+		else
+			free(detail);
+	}
+	explicit_bzero(v, sizeof(*v));
+	free(v);
+	return r;
+}
+
 enum auth_result auth_check(const struct kale_config *cfg, const char *user, const char *password,
     char **address_r, char **detail_r)
 {
@@ -322,8 +347,7 @@ enum auth_result auth_check(const struct kale_config *cfg, const char *user, con
 		else
 			free(detail);
 	} else {
-		auth_set_detail(detail_r, "%s: LDAP authentication is not implemented yet", s.method);
-		r = AUTH_TEMPFAIL;
+		r = auth_ldap(st, &s, addr, password, detail_r);
 	}
 	if (r == AUTH_OK && address_r != NULL)
 		*address_r = xstrdup(addr);

@@ -45,4 +45,13 @@ int auth_imap_needs_literal(const char *s);
 enum auth_result auth_server_login(const struct store_auth_server *srv, const char *user,
     const char *password, SSL_CTX **ctx, uint64_t deadline_ms, char **detail_r);
 
+/* auth_ldap.c: expands %m %u %d %% of an LDAP filter template with RFC 4515
+ * escaped values. 0, or -1 if it does not fit. */
+int auth_ldap_filter(const char *tmpl, const char *address, char *out, size_t cap);
+/* Search with the profile's service bind, then bind as the entry found
+ * with PASSWORD. AUTH_OK / AUTH_FAIL (wrong password, no or several
+ * entries) / AUTH_TEMPFAIL (directory down, service bind failed). */
+enum auth_result auth_ldap_check(const struct store_verify *p, const char *address,
+    const char *password, int timeout, char **detail_r);
+
 #endif

@@ -1,5 +1,7 @@
-/* ctl_queue: `kalectl status`, `reload` (through the control socket) and
- * `queue list` / `queue show` (reading the spool directly, read-only).
+/* ctl_queue: `kalectl status`, `reload` (through the control socket),
+ * `queue list` / `queue show` (reading the spool directly, read-only) and
+ * `queue flush|hold|release|delete|bounce` (through the control socket to
+ * qmgr when the daemon runs, else on the spool itself via qmgr_offline()).
  * Runs only in kalectl, inside data_dir. */
 #include "ctl/ctl.h"
 
@@ -12,6 +14,7 @@
 
 #include "ctl/ctl_client.h"
 #include "lib/util.h"
+#include "queue/qmgr.h"
 #include "queue/queue_file.h"
 
 #define CTL_SOCK "control.sock"       /* relative to data_dir */
@@ -283,6 +286,42 @@ static int ctl_queue_show(const char *qid)
 	return CTL_EXIT_OK;
 }
 
+static void ctl_print_reply(const char *reply);
+
+/* flush [QID] | hold QID | release QID | delete QID | bounce QID */
+static int ctl_queue_action(struct ctl *c, const char *verb, const char *qid)
+{
+	char cmd[128], *reply = NULL, *err = NULL;
+	int rc;
+
+	if (util_fmt(cmd, sizeof(cmd), "queue %s%s%s", verb, qid ? " " : "", qid ? qid : "") < 0)
+		return ctl_usage("bad queue id");
+	if (ctl_enter(c) < 0)
+		return CTL_EXIT_FAIL;
+	rc = ctl_call(CTL_SOCK, cmd, &reply, &err);
+	if (rc == -1) {
+		/* daemon not running: act on the spool directly */
+		free(reply);
+		free(err);
+		reply = err = NULL;
+		if (ctl_open_store(c) < 0)
+			return CTL_EXIT_FAIL;
+		if (qmgr_offline(&c->cfg, c->st, cmd + 6, &reply) < 0) {
+			ctl_fail("queue %s: %s", verb, reply);
+			free(reply);
+			return CTL_EXIT_FAIL;
+		}
+		rc = 0;
+	}
+	if (rc == 0)
+		ctl_print_reply(reply);
+	else
+		ctl_fail("queue %s: %s", verb, err ? err : "failed");
+	free(reply);
+	free(err);
+	return rc == 0 ? CTL_EXIT_OK : CTL_EXIT_FAIL;
+}
+
 int ctl_queue_cmd(struct ctl *c, int argc, char **argv)
 {
 	const char *pos[1];
@@ -305,6 +344,15 @@ int ctl_queue_cmd(struct ctl *c, int argc, char **argv)
 		if (ctl_enter(c) < 0)
 			return CTL_EXIT_FAIL;
 		return ctl_queue_show(pos[0]);
+	}
+	if (strcmp(sub, "flush") == 0 || strcmp(sub, "hold") == 0 || strcmp(sub, "release") == 0 ||
+	    strcmp(sub, "delete") == 0 || strcmp(sub, "bounce") == 0) {
+		int flush = strcmp(sub, "flush") == 0;
+		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, flush ? 0 : 1, 1, &npos) < 0)
+			return ctl_usage(NULL);
+		if (npos == 1 && !queue_qid_valid(pos[0]))
+			return ctl_usage("bad queue id '%.50s'", pos[0]);
+		return ctl_queue_action(c, sub, npos == 1 ? pos[0] : NULL);
 	}
 	return ctl_usage("unknown queue command '%.50s'", sub);
 }

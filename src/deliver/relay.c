@@ -1052,6 +1052,9 @@ static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
 		} else if (c->st == RS_TLS) {
 			c->tls_on = 1;
 			c->st = RS_EHLO;
+			/* what was offered in plain text no longer counts */
+			c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = 0;
+			c->size_max = 0;
 			relay_timeouts(c, RELAY_CMD_SECS);
 			relay_send(c, "EHLO %s\r\n", c->r->cfg->hostname);
 		}

@@ -191,6 +191,8 @@ static enum lookup_result lookup_backend(struct lookup_worker *w, const struct s
 {
 	struct lookup_conn *c;
 	char **targets = NULL, *err = NULL;
+	enum lookup_result res;
+	uint64_t start;
 	int n;
 
 	if (strcmp(v->type, "localdb") == 0) {
@@ -209,11 +211,22 @@ static enum lookup_result lookup_backend(struct lookup_worker *w, const struct s
 		return LOOKUP_ERROR;
 	}
 	c = lookup_conn_get(w, v);
+	start = util_now_ms();
+	if (start < c->hold_until_ms) {
+		/* a backend that just timed out is not waited for again at once:
+		 * that would hold this thread (and the requests queued behind it) */
+		*detail_r = xstrdup("the backend timed out moments ago; not asked again yet");
+		return LOOKUP_ERROR;
+	}
 	if (strcmp(v->type, "mysql") == 0)
-		return lookup_mysql_ask(c, address, detail_r);
-	if (strcmp(v->type, "pgsql") == 0)
-		return lookup_pgsql_ask(c, address, detail_r);
-	return lookup_ldap_ask(c, address, route_r, detail_r);
+		res = lookup_mysql_ask(c, address, detail_r);
+	else if (strcmp(v->type, "pgsql") == 0)
+		res = lookup_pgsql_ask(c, address, detail_r);
+	else
+		res = lookup_ldap_ask(c, address, route_r, detail_r);
+	if (res == LOOKUP_ERROR && util_now_ms() - start >= (uint64_t)LOOKUP_TIMEOUT(c) * 900)
+		c->hold_until_ms = util_now_ms() + (uint64_t)LOOKUP_TIMEOUT(c) * 1000;
+	return res;
 }
 
 /* One profile, with its cache. */

@@ -41,6 +41,7 @@ struct lookup_conn {
 	struct lookup_sql sql;
 	int sql_ready;
 	void *handle;               /* MYSQL *, PGconn *, LDAP * */
+	uint64_t hold_until_ms;     /* after a timeout: answer "error" at once until then */
 };
 
 /* Each asks the backend (connecting first if needed, and once more on a

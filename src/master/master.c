@@ -626,6 +626,82 @@ static void master_ctl_event_cb(struct bufferevent *bev, short what, void *arg)
 	bufferevent_free(bev);
 }
 
+/* "queue ..." commands go to qmgr, the only process that may move queue
+ * files (docs/queue.md): the line is passed on its socket, the answer back. */
+struct master_fwd {
+	struct bufferevent *client, *qmgr;
+};
+
+static void master_fwd_free(struct master_fwd *f)
+{
+	if (f->qmgr)
+		bufferevent_free(f->qmgr);
+	if (f->client)
+		bufferevent_free(f->client);
+	free(f);
+}
+
+static void master_fwd_client_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	(void)bev;
+	(void)what;
+	master_fwd_free(arg);
+}
+
+static void master_fwd_qmgr_read_cb(struct bufferevent *bev, void *arg)
+{
+	if (evbuffer_get_length(bufferevent_get_input(bev)) > 65536)
+		master_fwd_free(arg);
+}
+
+static void master_fwd_qmgr_event_cb(struct bufferevent *bev, short what, void *arg)
+{
+	struct master_fwd *f = arg;
+	struct evbuffer *out = bufferevent_get_output(f->client);
+
+	if ((what & BEV_EVENT_EOF) && evbuffer_get_length(bufferevent_get_input(bev)) > 0)
+		evbuffer_add_buffer(out, bufferevent_get_input(bev));
+	else
+		evbuffer_add_printf(out, "error no answer from the queue manager\n");
+	bufferevent_free(f->qmgr);
+	bufferevent_setcb(f->client, NULL, master_ctl_write_cb, master_ctl_event_cb, NULL);
+	bufferevent_enable(f->client, EV_WRITE);
+	free(f);
+}
+
+static int master_ctl_forward(struct master *m, struct bufferevent *bev, const char *cmd)
+{
+	struct sockaddr_un sun = { 0 };
+	struct timeval tv = { 10, 0 };
+	struct master_fwd *f;
+	int fd;
+
+	sun.sun_family = AF_UNIX;
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "qmgr.sock");
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return -1;
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || evutil_make_socket_nonblocking(fd) < 0) {
+		close(fd);
+		return -1;
+	}
+	f = xcalloc(1, sizeof(*f));
+	f->client = bev;
+	f->qmgr = bufferevent_socket_new(m->base, fd, BEV_OPT_CLOSE_ON_FREE);
+	if (f->qmgr == NULL) {
+		close(fd);
+		free(f);
+		return -1;
+	}
+	bufferevent_setcb(f->qmgr, master_fwd_qmgr_read_cb, NULL, master_fwd_qmgr_event_cb, f);
+	bufferevent_set_timeouts(f->qmgr, &tv, &tv);
+	bufferevent_enable(f->qmgr, EV_READ | EV_WRITE);
+	evbuffer_add_printf(bufferevent_get_output(f->qmgr), "%s\n", cmd);
+	bufferevent_disable(bev, EV_READ);
+	bufferevent_setcb(bev, NULL, NULL, master_fwd_client_event_cb, f);
+	return 0;
+}
+
 static void master_ctl_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct master *m = arg;
@@ -654,6 +730,12 @@ static void master_ctl_read_cb(struct bufferevent *bev, void *arg)
 			if (m->slot[i].role == ROLE_QMGR && m->slot[i].pid > 0)
 				kill(m->slot[i].pid, SIGUSR1);
 		evbuffer_add_printf(out, "ok\nqueue flush requested\n");
+	} else if (strncmp(line, "queue ", 6) == 0) {
+		if (master_ctl_forward(m, bev, line + 6) == 0) {
+			free(line);
+			return;
+		}
+		evbuffer_add_printf(out, "error queue manager not running\n");
 	} else {
 		evbuffer_add_printf(out, "error unknown command\n");
 	}

@@ -287,8 +287,10 @@ static void qmgr_fail(struct qmgr *q, struct qmgr_run *run, int idx, const char 
 	f = &run->failed[run->n_failed++];
 	f->idx = idx;
 	util_fmt(f->status, sizeof(f->status), "%s", status);
-	if (strncmp(text, codebuf, strlen(codebuf)) == 0)
-		util_fmt(diag, sizeof(diag), "%s", text);
+	if (strncmp(text, codebuf, strlen(codebuf)) == 0 ||
+	    (text[0] >= '2' && text[0] <= '5' && text[1] >= '0' && text[1] <= '9' &&
+	    text[2] >= '0' && text[2] <= '9' && text[3] == ' '))
+		util_fmt(diag, sizeof(diag), "%s", text);     /* already a reply */
 	else
 		util_fmt(diag, sizeof(diag), "%s %s", codebuf, text);
 	f->diag = xstrdup(diag);
@@ -955,13 +957,13 @@ static int qmgr_cmd(struct qmgr *q, const char *line, char *reply, size_t cap)
 			return -1;
 		}
 		qmgr_log_msg(q, q->hold_fd, qid, "held", "held by the administrator");
+		util_fmt(reply, cap, "%s held%s", qid, m && m->run ? " (a delivery in progress ends first)" : "");
 		if (m != NULL) {
 			m->held = 1;
 			qmgr_unready(q, m);
 			if (m->run == NULL)
 				qmgr_forget(q, m);
 		}
-		util_fmt(reply, cap, "%s held%s", qid, m && m->run ? " (a delivery in progress ends first)" : "");
 		return 0;
 	}
 	if (strcmp(verb, "release") == 0) {

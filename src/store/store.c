@@ -648,3 +648,8 @@ int store_domain_list(store *st, int (*cb)(void *ctx, const struct store_domain 
 	sqlite3_finalize(s);
 	return rc == SQLITE_DONE ? 0 : -1;
 }
+
+int store_schema_version(void)
+{
+	return STORE_SCHEMA_VERSION;
+}

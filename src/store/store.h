@@ -15,6 +15,8 @@ typedef struct store store;
  * cfg->data_dir), creating it if needed, and runs pending migrations.
  * Returns 0, or -1 with a malloc'd *error_r. */
 int store_open(const struct kale_config *cfg, store **st_r, char **error_r);
+/* The schema version this build migrates to (the number of migrations). */
+int store_schema_version(void);
 /* Flushes buffered log rows and closes; accepts NULL; sets *st to NULL. */
 void store_close(store **st);
 /* A handle is used by one thread at a time (its network cache and log batch

@@ -159,10 +159,31 @@ LDAP_ADMIN, LDAP_ADMIN_PW = "cn=admin," + SUFFIX, "admin-pw"
 LDAP_READER, LDAP_READER_PW = "cn=reader,ou=system," + SUFFIX, "reader-pw-1"
 
 
+def make_cert(directory, name, cn="127.0.0.1"):
+    """A self-signed certificate for cn (also as an IP subjectAltName):
+    returns (cert path, key path), world-readable (the tests' kale runs as nobody)."""
+    cert = os.path.join(directory, name + ".crt")
+    key = os.path.join(directory, name + ".key")
+    _run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "2",
+          "-subj", "/CN=" + cn, "-addext", "subjectAltName=IP:" + cn,
+          "-addext", "basicConstraints=critical,CA:TRUE",
+          "-keyout", key, "-out", cert])
+    os.chmod(cert, 0o644)
+    os.chmod(key, 0o644)
+    return cert, key
+
+
 class Slapd(_Server):
+    """slapd on ldap://127.0.0.1:port (StartTLS offered) and
+    ldaps://127.0.0.1:tls_port; self.cacert is the CA file that trusts it,
+    self.wrong_cacert one that does not."""
+
     def __init__(self, directory):
         super().__init__("slapd", directory)
         self.conf = os.path.join(directory, "slapd.conf")
+        self.tls_port = free_port()
+        self.cacert, key = make_cert(directory, "slapd")
+        self.wrong_cacert, _ = make_cert(directory, "other")
         os.mkdir(os.path.join(directory, "db"))
         with open(os.path.join(directory, "kale.schema"), "w") as f:
             f.write(SLAPD_SCHEMA)
@@ -173,6 +194,8 @@ include /etc/ldap/schema/inetorgperson.schema
 include /etc/ldap/schema/misc.schema
 include %(dir)s/kale.schema
 pidfile %(dir)s/slapd.pid
+TLSCertificateFile %(dir)s/slapd.crt
+TLSCertificateKeyFile %(dir)s/slapd.key
 modulepath /usr/lib/ldap
 moduleload back_mdb
 database mdb
@@ -210,9 +233,15 @@ access to * by * read
     def url(self):
         return "ldap://127.0.0.1:%d" % self.port
 
+    def tls_url(self):
+        return "ldaps://127.0.0.1:%d" % self.tls_port
+
     def start(self):
         uid = ["-u", "root"] if os.geteuid() == 0 else []
-        self._spawn(["/usr/sbin/slapd", "-f", self.conf, "-h", self.url() + "/", "-d", "0"] + uid)
+        self._spawn(["/usr/sbin/slapd", "-f", self.conf, "-h",
+                     "%s/ %s/" % (self.url(), self.tls_url()), "-d", "0"] + uid)
+        if not wait_port(self.tls_port, timeout=30):
+            raise AssertionError("slapd did not listen on ldaps")
 
 
 def _server_fixture(tmp_path_factory, cls, progs):
@@ -244,6 +273,6 @@ def pgsql(tmp_path_factory):
 
 @pytest.fixture(scope="session")
 def slapd(tmp_path_factory):
-    srv = _server_fixture(tmp_path_factory, Slapd, ["/usr/sbin/slapd", "ldapadd"])
+    srv = _server_fixture(tmp_path_factory, Slapd, ["/usr/sbin/slapd", "ldapadd", "openssl"])
     yield srv
     srv.stop()

@@ -40,6 +40,8 @@ class Sink(threading.Thread):
         self.txs = []             # completed transactions (DATA ended)
         self.all_txs = []
         self.connections = 0
+        self.active = 0
+        self.max_active = 0
         self.rcpt_seen = {}       # address -> RCPT count
         self.stop = False
 
@@ -53,6 +55,8 @@ class Sink(threading.Thread):
                 return
             with self.lock:
                 self.connections += 1
+                self.active += 1
+                self.max_active = max(self.max_active, self.active)
             threading.Thread(target=self.session, args=(s,), daemon=True).start()
 
     def session(self, s):
@@ -145,6 +149,8 @@ class Sink(threading.Thread):
         except (OSError, EOFError, ssl.SSLError):
             pass
         finally:
+            with self.lock:
+                self.active -= 1
             try:
                 st["sock"].close()
             except OSError:

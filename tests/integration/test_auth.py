@@ -141,10 +141,11 @@ def test_localdb_username_format(node):
     assert p.returncode == 0
 
 
-def test_ldap_not_implemented(node):
+def test_ldap_unknown_profile(node):
     node.ctl("auth", "set", "--method", "ldap:corp")
     p = auth_test(node, "alice@example.test", "alice-secret")
     assert p.returncode == 2, p.stdout
+    assert "no such verification profile" in p.stdout
     p = auth_test(node, "alice@example.test", "")
     assert p.returncode == 1
 

@@ -269,3 +269,29 @@ def test_local_and_relay_recipients_in_one_message(kale_factory, sink):
     assert kale_wait(lambda: len(sink.txs) >= 1 and queue_idle(k), WAIT), k.log_text()[-3000:]
     assert len(k.messages("alice@example.test")) == 1
     assert sink.delivered() == ["x@relay.test"]
+
+
+def test_concurrency_limit_and_connection_reuse(kale_factory):
+    """30 messages to one next hop that answers DATA slowly: never more than
+    RELAY_DEST_CONCURRENCY (10) connections at once, so most messages went
+    over a reused connection."""
+    def slow(tx):
+        time.sleep(0.2)
+        return b"250 2.0.0 queued"
+    s = Sink(data_reply=slow)
+    s.start()
+    try:
+        k = relay_node(kale_factory, s)
+        n = 30
+        from conftest import SmtpRaw
+        with SmtpRaw(k.port) as c:
+            c.ehlo()
+            for i in range(n):
+                smtp_qid(c.mail("bob@other.test", ["r%d@relay.test" % i],
+                                smtp_msg("conc-%d" % i), helo=False))
+        assert kale_wait(lambda: len(s.txs) >= n and queue_idle(k), 60), k.log_text()[-3000:]
+        assert s.max_active <= 10, s.max_active
+        assert s.connections < n, s.connections
+        assert sorted(s.delivered()) == sorted("r%d@relay.test" % i for i in range(n))
+    finally:
+        s.close()

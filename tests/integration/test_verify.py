@@ -360,3 +360,41 @@ def test_silent_backends_time_out_as_error(node, silent_port):
     for prof in ("m2", "p2", "l2"):
         rc, out = vtest(node, prof, "alice@corp.test")
         assert rc == ERROR, (prof, out)
+
+
+# ---- LDAP over TLS: ldaps:// and StartTLS ----
+# libldap takes its trust anchors from /etc/ldap/ldap.conf or LDAPTLS_CACERT.
+
+@pytest.mark.parametrize("how", ["ldaps", "starttls"])
+def test_ldap_tls(node, slapd, monkeypatch, how):
+    slapd.ensure()
+    url = slapd.tls_url() if how == "ldaps" else slapd.url()
+    extra = ["--starttls"] if how == "starttls" else []
+    node.ctl("verify", "add", "tls", "--type", "ldap", "--url", url, "--base", SUFFIX,
+             "--filter", "(mail=%m)", "--bind-dn", LDAP_READER, "--bind-password-stdin", *extra,
+             input=LDAP_READER_PW + "\n")
+    monkeypatch.setenv("LDAPTLS_CACERT", slapd.cacert)
+    monkeypatch.setenv("LDAPTLS_REQCERT", "demand")
+    out = assert_verify(node, "tls", "alice@corp.test", FOUND)
+    assert "route=127.0.0.1:2525" in out
+    assert_verify(node, "tls", "nobody@corp.test", MISSING)
+    # a server certificate that is not trusted: an error, never "missing"
+    monkeypatch.setenv("LDAPTLS_CACERT", slapd.wrong_cacert)
+    rc, out = vtest(node, "tls", "alice@corp.test")
+    assert rc == ERROR, out
+    rc, out = vtest(node, "tls", "nobody@corp.test")
+    assert rc == ERROR, out
+
+
+def test_timed_out_backend_is_not_waited_for_again_at_once(node, silent_port):
+    node.ctl("verify", "add", "m", "--type", "mysql", "--timeout", "2",
+             "--url", "mysql://u:p@127.0.0.1:%d/db" % silent_port,
+             "--query", "select 1 from t where e='%m'")
+    c = PoolClient(node, "m")
+    try:
+        word, line = c.ask("alice@corp.test")
+        assert word == "error", line
+        word, line = c.ask("bob@corp.test")
+        assert word == "error" and "not asked again yet" in line, line
+    finally:
+        c.close()
