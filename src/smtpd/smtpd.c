@@ -308,7 +308,7 @@ static int smtpd_tx_open(struct smtpd_session *s)
 	queue_qid_new(tx->qid);
 	if (util_fmt(path, sizeof(path), QUEUE_DIR_TMP "/%s", tx->qid) < 0)
 		return -1;
-	tx->fd = open(path, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
+	tx->fd = open(path, O_RDWR | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
 	if (tx->fd < 0) {
 		log_event(LOG_LVL_ERROR, "queue.error", "op", "open", "path", path, "error", strerror(errno), NULL);
 		tx->qid[0] = '\0';
@@ -1394,7 +1394,9 @@ static int smtpd_header_from(int fd, char *addr, size_t cap)
 	size_t vl = 0;
 	char *p, *lt, *gt;
 
-	if (n <= 0)
+	if (n < 0)
+		return -1;         /* cannot check: refuse rather than let it pass */
+	if (n == 0)
 		return 0;
 	buf[n] = '\0';
 	for (p = buf; *p && *p != '\n'; ) {
@@ -2084,48 +2086,4 @@ out:
 	close(w.incoming_fd);
 	log_event(LOG_LVL_INFO, "smtpd.stop", NULL);
 	return rc;
-}
-
-/* TEMPORARY weak fallbacks while src/lookup and src/auth are being written:
- * the real (strong) definitions replace them. Removed at wiring time. */
-__attribute__((weak)) struct lookup_pool *lookup_pool_new(struct event_base *base,
-    const struct kale_config *cfg, int nthreads, char **error_r)
-{
-	(void)base; (void)cfg; (void)nthreads;
-	*error_r = xstrdup("lookup pool not built");
-	return NULL;
-}
-__attribute__((weak)) void lookup_pool_free(struct lookup_pool **pool) { (void)pool; }
-__attribute__((weak)) uint64_t lookup_pool_job(struct lookup_pool *pool, void (*work)(void *job),
-    void (*done)(void *job, int cancelled), void *job)
-{
-	(void)pool; (void)work;
-	done(job, 1);
-	return 0;
-}
-__attribute__((weak)) uint64_t lookup_verify(struct lookup_pool *pool, const char *profile,
-    const char *address, lookup_cb *cb, void *ctx)
-{
-	struct lookup_answer a = { LOOKUP_ERROR, profile, "lookup pool not built", NULL, 0, 0 };
-	(void)pool; (void)address;
-	cb(ctx, &a);
-	return 0;
-}
-__attribute__((weak)) void lookup_cancel(struct lookup_pool *pool, uint64_t id) { (void)pool; (void)id; }
-__attribute__((weak)) int auth_settings_get(const struct kale_config *cfg, struct auth_settings *s_r,
-    char **error_r)
-{
-	(void)cfg; (void)error_r;
-	memset(s_r, 0, sizeof(*s_r));
-	s_r->enable = s_r->tls_only = s_r->fake_sender_control = s_r->username_address = 1;
-	s_r->timeout = 15;
-	snprintf(s_r->method, sizeof(s_r->method), "localdb");
-	return 0;
-}
-__attribute__((weak)) enum auth_result auth_check(const struct kale_config *cfg, const char *user,
-    const char *password, char **address_r, char **detail_r)
-{
-	(void)cfg; (void)user; (void)password; (void)address_r;
-	*detail_r = xstrdup("auth not built");
-	return AUTH_TEMPFAIL;
 }
