@@ -796,6 +796,10 @@ static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
 	char usec[32];
 
 	s->rw = NULL;
+	if (s->state == SMTPD_CLOSING) {
+		free(rw);                  /* shutting down: the 421 is on its way */
+		return;
+	}
 	s->state = SMTPD_CMD;
 	snprintf(usec, sizeof(usec), "%lld", (long long)a->elapsed_us);
 	log_event(LOG_LVL_DEBUG, "verify.answer", "profile", a->profile, "to", rw->addr,
@@ -1116,7 +1120,9 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 	struct smtpd_authjob *j = arg;
 	struct smtpd_session *s = j->s;
 
-	if (!cancelled) {
+	if (!cancelled && s->state == SMTPD_CLOSING) {
+		s->auth_req = 0;           /* shutting down: the 421 is on its way */
+	} else if (!cancelled) {
 		struct smtpd_authfail *f;
 		s->auth_req = 0;
 		switch (j->result) {
