@@ -90,6 +90,7 @@ KALE_PID=""
 DC_PID=""
 JOB_PID=""
 
+# shellcheck disable=SC2317 # invoked by the EXIT trap
 stop_pid() { # pid name: TERM, wait up to 15 s, then KILL it and its children
     local pid=$1 name=$2 kids
     kids=$(ps -o pid= --ppid "$pid" 2>/dev/null | tr '\n' ' ')
@@ -196,8 +197,9 @@ ensure_dovecot
 if [ "$WHICH" != dovecot ] && { [ ! -x "$BUILD/kaled" ] || [ ! -x "$BUILD/kalectl" ]; }; then
     die "$BUILD/kaled or kalectl missing: build kale first (make)"
 fi
-id dovecot >/dev/null 2>&1 && id dovenull >/dev/null 2>&1 ||
+if ! id dovecot >/dev/null 2>&1 || ! id dovenull >/dev/null 2>&1; then
     die "users dovecot and dovenull missing (they come with dovecot-core)"
+fi
 BENCH_UID=$(id -u nobody)
 BENCH_GID=$(id -g nobody)
 
@@ -275,6 +277,7 @@ setup_dovecot() {
     cp -a "$TMP/Maildir" "$d/Maildir"
     chown -R "$BENCH_UID:$BENCH_GID" "$d/home" "$d/Maildir"
     if [ -z "$HASH" ]; then # dovecot only: hash the password the way kale does
+        # shellcheck disable=SC2016 # a Python program, $y$ is yescrypt
         HASH=$("$PY" -c 'import crypt, sys
 print(crypt.crypt(open(sys.argv[1]).readline().rstrip("\n"), "$y$j9T$" + crypt.mksalt(crypt.METHOD_SHA512)[3:19]))' \
             "$PASSFILE" 2>/dev/null) || die "cannot make a yescrypt hash"
@@ -335,13 +338,13 @@ DC_VERSION=$(/usr/sbin/dovecot --version 2>/dev/null | cut -d' ' -f1)
 # First SELECT (untimed in the runs): the server meets the Maildir: new/ to
 # cur/, UIDs, its own index files.
 warm() { # name port
-    local out
+    local out secs exists
     out=$(bounded "$TIMEOUT" "$PY" "$CLIENT" warm --port "$2" --user "$BUSER" \
         --pass-file "$PASSFILE") || die "$1: first login/SELECT failed"
-    set -- "$1" $out
-    [ "$3" = "$M" ] || die "$1: SELECT says $3 messages, want $M"
-    log "$1: first LOGIN+SELECT (cold: new/ -> cur/, index) took ${2}s"
-    eval "WARM_$1=\$2"
+    read -r secs exists <<<"$out"
+    [ "$exists" = "$M" ] || die "$1: SELECT says $exists messages, want $M"
+    log "$1: first LOGIN+SELECT (cold: new/ -> cur/, index) took ${secs}s"
+    printf -v "WARM_$1" '%s' "$secs"
 }
 [ "$WHICH" = dovecot ] || warm kale "$KALE_PORT"
 [ "$WHICH" = kale ] || warm dovecot "$DC_PORT"
@@ -387,36 +390,41 @@ echo "imap.sh: $M messages ($GEN_BYTES bytes as CRLF, 2-50 KB, ~1/3 multipart), 
 echo "  each client: LOGIN, SELECT INBOX, FETCH 1:* (BODY.PEEK[HEADER]), FETCH (BODY.PEEK[]) $CHUNK at a time, LOGOUT"
 echo "servers: kale ($BUILD/kaled), Dovecot $DC_VERSION; plaintext LOGIN on loopback, no TLS"
 echo "machine: nproc $(nproc), load average $LOAD_START at start, $LOAD_END at end"
-printf '%-8s %3s %8s %9s %7s %9s %8s %9s %5s %7s %7s %8s %7s\n' server run wall_s msgs/s MB/s \
-    srv_cpu_s cpu_us/m cli_cpu_s idle% login select headers bodies
+printf '%-8s %3s %7s %8s %7s %7s %8s %6s %9s %9s %9s %10s %7s %5s %6s %6s\n' server run wall_s \
+    msgs/s login_s fetch_s fetch/s MB/s srv_cpu_s login_cpu fetch_cpu fetch_us/m cli_cpu idle% \
+    hdrs bodies
 awk '
-    { kv["wall"] = ""; for (i = 3; i <= NF; i++) { split($i, a, "="); kv[a[1]] = a[2] } }
-    $3 == "FAILED" { printf "%-8s %3s %8s\n", $1, $2, "FAILED"; next }
-    { printf "%-8s %3s %8.3f %9.1f %7.1f %9.2f %8.1f %9.2f %5s %7.3f %7.3f %8.3f %7.3f\n",
-        $1, $2, kv["wall"], kv["msgs_per_s"], kv["mb_per_s"], kv["srv_cpu"],
-        (kv["msgs"] > 0 ? 1e6 * kv["srv_cpu"] / kv["msgs"] : 0), kv["cli_cpu"], kv["idle"],
-        kv["login"], kv["select"], kv["headers"], kv["bodies"] }' "$RESULTS"
-echo "(msgs/s = N x M / wall time from release of the clients to the last LOGOUT; MB/s: headers + bodies;"
-echo " srv_cpu_s: server CPU s, user+sys, over the run; cpu_us/m: server CPU us per message fetched;"
-echo " cli_cpu_s: the Python clients' CPU s; idle%: CPUs idle in the 2 s before the run;"
-echo " login .. bodies: median seconds per client for each phase)"
+    $3 == "FAILED" { printf "%-8s %3s %7s\n", $1, $2, "FAILED"; next }
+    { for (i = 3; i <= NF; i++) { split($i, a, "="); kv[a[1]] = a[2] }
+      printf "%-8s %3s %7.2f %8.0f %7.2f %7.2f %8.0f %6.1f %9.2f %9.2f %9.2f %10.1f %7.2f %5s %6.2f %6.2f\n",
+        $1, $2, kv["wall"], kv["msgs_per_s"], kv["login_wall"], kv["fetch_wall"],
+        kv["fetch_msgs_per_s"], kv["mb_per_s"], kv["srv_cpu"], kv["login_cpu"], kv["fetch_cpu"],
+        (kv["msgs"] > 0 ? 1e6 * kv["fetch_cpu"] / kv["msgs"] : 0), kv["cli_cpu"], kv["idle"],
+        kv["headers"], kv["bodies"] }' "$RESULTS"
+echo "(wall_s: release of the clients to the last LOGOUT; msgs/s = N x M / wall_s;"
+echo " login_s: release until every client has logged in and selected INBOX (a barrier);"
+echo " fetch_s: barrier to the last LOGOUT; fetch/s = N x M / fetch_s; MB/s: headers + bodies / wall_s;"
+echo " srv_cpu_s: server CPU s (user+sys, all its processes) over the run; login_cpu, fetch_cpu:"
+echo " the same over login_s and fetch_s; fetch_us/m: fetch_cpu per message fetched, in us; cli_cpu: the Python clients' CPU s;"
+echo " idle%: CPUs idle in the 2 s before the run; hdrs, bodies: median s per client for each FETCH phase)"
 if [ -n "${WARM_kale:-}" ] || [ -n "${WARM_dovecot:-}" ]; then
     echo "first LOGIN+SELECT of the fresh Maildir (new/ -> cur/, indexes): kale ${WARM_kale:--}s, dovecot ${WARM_dovecot:--}s"
 fi
-best() { # name -> "wall cpu" of the run with the smallest wall time
-    awk -v n="$1" '$1 == n && $3 != "FAILED" {
+best() { # name key -> smallest value of key over the runs that did not fail
+    awk -v n="$1" -v k="$2" '$1 == n && $3 != "FAILED" {
         for (i = 3; i <= NF; i++) { split($i, a, "="); kv[a[1]] = a[2] }
-        if (b == "" || kv["wall"] + 0 < b + 0) { b = kv["wall"]; c = kv["srv_cpu"] } }
-        END { if (b != "") print b, c }' "$RESULTS"
+        if (b == "" || kv[k] + 0 < b + 0) b = kv[k] }
+        END { print b }' "$RESULTS"
 }
 if [ "$WHICH" = both ]; then
-    read -r KW KC < <(best kale) || true
-    read -r DW DC < <(best dovecot) || true
-    if [ -n "${KW:-}" ] && [ -n "${DW:-}" ]; then
-        awk -v kw="$KW" -v dw="$DW" -v kc="$KC" -v dc="$DC" -v nm=$((N * M)) 'BEGIN {
-            printf "best of each: kale %.1f msgs/s, dovecot %.1f msgs/s\n", nm / kw, nm / dw
-            printf "ratio kale/dovecot: throughput %.2fx, server CPU per message %.2fx (lower is better for kale)\n",
-                dw / kw, (kc > 0 && dc > 0) ? kc / dc : 0 }'
+    KW=$(best kale wall) KF=$(best kale fetch_wall) KC=$(best kale fetch_cpu)
+    DW=$(best dovecot wall) DF=$(best dovecot fetch_wall) DC=$(best dovecot fetch_cpu)
+    if [ -n "$KW" ] && [ -n "$DW" ]; then
+        awk -v kw="$KW" -v dw="$DW" -v kf="$KF" -v df="$DF" -v kc="$KC" -v dc="$DC" -v nm=$((N * M)) 'BEGIN {
+            printf "best of each: kale %.0f msgs/s (fetch phase %.0f), dovecot %.0f msgs/s (fetch phase %.0f)\n",
+                nm / kw, nm / kf, nm / dw, nm / df
+            printf "ratio kale/dovecot: throughput %.2fx, fetch phase %.2fx; fetch CPU per message %.2fx (below 1: kale uses less)\n",
+                dw / kw, df / kf, (kc > 0 && dc > 0) ? kc / dc : 0 }'
     else
         echo "ratio kale/dovecot: n/a (a server failed every run)"
     fi

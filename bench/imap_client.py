@@ -13,6 +13,7 @@ Not a test. See docs/performance.md, section "IMAP: kale vs Dovecot".
                      --expect-msgs M --expect-bytes B [--chunk 100]
                      [--server-pid PID] [--timeout 600]
       N processes, released together, each: LOGIN, SELECT INBOX,
+      (barrier: all clients wait until every one has selected)
       FETCH 1:* (BODY.PEEK[HEADER]), FETCH a:b (BODY.PEEK[]) in chunks,
       LOGOUT. Checks every client got M headers and M bodies totalling B bytes.
       Prints one line of key=value figures; exit 1 if any client failed.
@@ -26,6 +27,7 @@ import random
 import re
 import socket
 import sys
+import threading
 import time
 
 WORDS = ("the of and to in is that for it as was with be by on not he this are or his "
@@ -144,8 +146,11 @@ def _literal_sizes(data):
 _EXISTS = re.compile(rb"(\d+)")
 
 
-def session(port, user, pw, chunk, timeout):
-    """One client's work; returns a dict of figures (raises on any error)."""
+def session(port, user, pw, chunk, timeout, barrier):
+    """One client's work; returns a dict of figures (raises on any error).
+    Waits on barrier (with every other client and the parent) between SELECT
+    and the first FETCH, so the login phase and the fetch phase are timed
+    apart."""
     r = {}
     t0 = time.monotonic()
     m = _connect(port, timeout)
@@ -157,6 +162,8 @@ def session(port, user, pw, chunk, timeout):
             raise RuntimeError("SELECT: %s %r" % (typ, dat))
         exists = int(_EXISTS.match(dat[0]).group(1))
         t2 = time.monotonic()
+        barrier.wait(timeout)
+        t2b = time.monotonic()
         hb = 0
         nh = 0
         if exists:
@@ -189,17 +196,18 @@ def session(port, user, pw, chunk, timeout):
             pass
         raise
     r.update(exists=exists, headers=nh, header_bytes=hb, bodies=nb, body_bytes=bb,
-             t_login=t1 - t0, t_select=t2 - t1, t_headers=t3 - t2, t_bodies=t4 - t3,
+             t_login=t1 - t0, t_select=t2 - t1, t_headers=t3 - t2b, t_bodies=t4 - t3,
              t_logout=t5 - t4, t_total=t5 - t0)
     return r
 
 
-def _worker(idx, go, results, port, user, pw, chunk, timeout):
+def _worker(idx, go, barrier, results, port, user, pw, chunk, timeout):
     go.wait()
     try:
-        r = session(port, user, pw, chunk, timeout)
+        r = session(port, user, pw, chunk, timeout, barrier)
         r["ok"] = True
     except Exception as e:  # reported, not raised: the parent counts failures
+        barrier.abort()  # no-op once the barrier has been passed
         r = {"ok": False, "error": "%s: %s" % (type(e).__name__, e)}
     r["idx"] = idx
     r["end"] = time.monotonic()
@@ -242,8 +250,9 @@ def cmd_run(args):
     pw = _password(args.pass_file)
     ctx = multiprocessing.get_context("fork")
     go = ctx.Event()
+    barrier = ctx.Barrier(args.clients + 1)
     results = ctx.Queue()
-    procs = [ctx.Process(target=_worker, args=(i, go, results, args.port, args.user, pw,
+    procs = [ctx.Process(target=_worker, args=(i, go, barrier, results, args.port, args.user, pw,
                                                args.chunk, args.io_timeout))
              for i in range(args.clients)]
     for p in procs:
@@ -253,6 +262,13 @@ def cmd_run(args):
     s0 = tree_cpu(args.server_pid)
     t0 = time.monotonic()
     go.set()
+    try:  # every client logged in and selected INBOX
+        barrier.wait(args.timeout)
+        t_mid = time.monotonic()
+        s_mid = tree_cpu(args.server_pid)
+    except threading.BrokenBarrierError:
+        t_mid = None
+        s_mid = 0.0
     got = []
     deadline = t0 + args.timeout
     while len(got) < len(procs):
@@ -300,11 +316,16 @@ def cmd_run(args):
         return v[len(v) // 2] if v else 0.0
 
     ccpu = (c1.children_user + c1.children_system) - (c0.children_user + c0.children_system)
+    if t_mid is None:
+        t_mid, s_mid = t0, s0
+    fwall = t_last - t_mid
     print("wall=%.3f msgs=%d msgs_per_s=%.1f mb=%.1f mb_per_s=%.1f srv_cpu=%.2f cli_cpu=%.2f "
+          "login_wall=%.3f login_cpu=%.2f fetch_wall=%.3f fetch_cpu=%.2f fetch_msgs_per_s=%.1f "
           "ok=%d failed=%d missing=%d wrong=%d login=%.3f select=%.3f headers=%.3f bodies=%.3f"
           % (wall, msgs, msgs / wall if wall > 0 else 0, mbytes, mbytes / wall if wall > 0 else 0,
-             s1 - s0, ccpu, len(ok), len(fails), missing, len(bad), med("t_login"),
-             med("t_select"), med("t_headers"), med("t_bodies")))
+             s1 - s0, ccpu, t_mid - t0, s_mid - s0, fwall, s1 - s_mid,
+             msgs / fwall if fwall > 0 else 0, len(ok), len(fails), missing, len(bad),
+             med("t_login"), med("t_select"), med("t_headers"), med("t_bodies")))
     return 0 if not fails and not missing and not bad else 1
 
 

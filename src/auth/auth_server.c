@@ -334,8 +334,8 @@ static enum auth_result auth_pop3(struct auth_conn *c, const struct store_auth_s
 		r = AUTH_OK;
 	else
 		r = auth_pop3_err(line, why, wcap);
-	if (auth_conn_write(c, "QUIT\r\n", 6) == 0)
-		(void)auth_conn_line(c, line, sizeof(line));
+	/* polite, but the answer is known: no waiting for the server's reply */
+	(void)auth_conn_write(c, "QUIT\r\n", 6);
 	return r;
 io:
 	util_fmt(why, wcap, "%s", c->err);
@@ -418,6 +418,16 @@ static int auth_imap_arg(struct auth_conn *c, const char *arg, const char *sep,
 	return 0;
 }
 
+/* The connection was lost (rc -1) or the server said BYE (rc -2). */
+static enum auth_result auth_imap_lost(struct auth_conn *c, int rc, char *why, size_t wcap)
+{
+	if (rc == -2)
+		util_fmt(why, wcap, "the server said BYE");
+	else
+		util_fmt(why, wcap, "%s", c->err);
+	return AUTH_TEMPFAIL;
+}
+
 static enum auth_result auth_imap(struct auth_conn *c, const struct store_auth_server *srv,
     const char *user, const char *password, SSL_CTX **ctx, char *why, size_t wcap)
 {
@@ -426,7 +436,7 @@ static enum auth_result auth_imap(struct auth_conn *c, const struct store_auth_s
 	int rc;
 
 	if (auth_conn_line(c, line, sizeof(line)) < 0)
-		goto io;
+		return auth_imap_lost(c, -1, why, wcap);
 	if (strncasecmp(line, "* OK", 4) != 0) {
 		auth_clean(line);
 		util_fmt(why, wcap, "greeting: %s", line);
@@ -434,46 +444,37 @@ static enum auth_result auth_imap(struct auth_conn *c, const struct store_auth_s
 	}
 	if (strcmp(srv->tls, "starttls") == 0) {
 		if (auth_conn_write(c, "a1 STARTTLS\r\n", 13) < 0)
-			goto io;
+			return auth_imap_lost(c, -1, why, wcap);
 		if ((rc = auth_imap_tagged(c, "a1", line, sizeof(line))) < 0)
-			goto rc_err;
+			return auth_imap_lost(c, rc, why, wcap);
 		if (strncasecmp(line + 3, "OK", 2) != 0) {
 			auth_clean(line);
 			util_fmt(why, wcap, "STARTTLS refused: %s", line);
 			return AUTH_TEMPFAIL;
 		}
 		if (auth_conn_starttls(c, srv->host, ctx) < 0)
-			goto io;
+			return auth_imap_lost(c, -1, why, wcap);
 	} else if (strcmp(srv->tls, "plain") == 0 && strstr(line, "LOGINDISABLED") != NULL) {
 		util_fmt(why, wcap, "the server refuses LOGIN without TLS (LOGINDISABLED)");
 		return AUTH_TEMPFAIL;
 	}
 	if (auth_conn_write(c, "a2 LOGIN ", 9) < 0)
-		goto io;
+		return auth_imap_lost(c, -1, why, wcap);
 	rc = auth_imap_arg(c, user, " ", line, sizeof(line));
 	if (rc == 0)
 		rc = auth_imap_arg(c, password, "\r\n", line, sizeof(line));
 	if (rc < 0)
-		goto io;
+		return auth_imap_lost(c, -1, why, wcap);
 	if (rc == 0 && (rc = auth_imap_tagged(c, "a2", line, sizeof(line))) < 0)
-		goto rc_err;
+		return auth_imap_lost(c, rc, why, wcap);
 	if (strncmp(line, "a2 ", 3) != 0) {
 		auth_clean(line);
 		util_fmt(why, wcap, "unexpected answer: %s", line);
 		return AUTH_TEMPFAIL;
 	}
 	r = auth_imap_answer(line, 2, why, wcap);
-	if (auth_conn_write(c, "a3 LOGOUT\r\n", 11) == 0)
-		(void)auth_imap_tagged(c, "a3", line, sizeof(line));
+	(void)auth_conn_write(c, "a3 LOGOUT\r\n", 11);   /* no waiting for its answer */
 	return r;
-rc_err:
-	if (rc == -2) {
-		util_fmt(why, wcap, "the server said BYE");
-		return AUTH_TEMPFAIL;
-	}
-io:
-	util_fmt(why, wcap, "%s", c->err);
-	return AUTH_TEMPFAIL;
 }
 
 enum auth_result auth_server_login(const struct store_auth_server *srv, const char *user,

@@ -669,30 +669,39 @@ static void relay_tx_begin(struct relay_conn *c)
 	relay_tx_send(c);
 }
 
-/* Writes the next commands: all of them with PIPELINING, else one at a time. */
+/* Writes the next commands: all of them with PIPELINING, else one at a time.
+ * A pipelined group goes out in one write (one TLS record, one segment). */
 static void relay_tx_send(struct relay_conn *c)
 {
 	struct relay_job *job = c->job;
+	struct evbuffer *group = evbuffer_new();
+	int finish = 0;
 
 	while (c->cmd_i <= job->n_rcpt + 1 && (c->x_pipe || c->cmd_i == c->reply_i)) {
 		if (c->cmd_i == 0) {
 			char size[40] = "";
 			if (c->x_size)
 				util_fmt(size, sizeof(size), " SIZE=%llu", (unsigned long long)job->body_len);
-			relay_send(c, "MAIL FROM:<%s>%s%s%s\r\n", job->sender, size,
+			evbuffer_add_printf(group, "MAIL FROM:<%s>%s%s%s\r\n", job->sender, size,
 			    job->body8bit && c->x_8bit ? " BODY=8BITMIME" : "",
 			    job->smtputf8 && c->x_utf8 ? " SMTPUTF8" : "");
 		} else if (c->cmd_i <= job->n_rcpt) {
-			relay_send(c, "RCPT TO:<%s>\r\n", job->rcpt[c->cmd_i - 1].addr);
+			evbuffer_add_printf(group, "RCPT TO:<%s>\r\n", job->rcpt[c->cmd_i - 1].addr);
 		} else {
 			if (!c->x_pipe && (c->n_ok == 0 || c->mail_failed)) {
-				c->dirty = 1;
-				relay_tx_finish(c);
-				return;
+				finish = 1;
+				break;
 			}
-			relay_send(c, "DATA\r\n");
+			evbuffer_add_printf(group, "DATA\r\n");
 		}
 		c->cmd_i++;
+	}
+	if (evbuffer_get_length(group) > 0)
+		bufferevent_write_buffer(c->bev, group);
+	evbuffer_free(group);
+	if (finish) {
+		c->dirty = 1;
+		relay_tx_finish(c);
 	}
 }
 

@@ -14,7 +14,7 @@ struct event_base;
 struct kale_config;
 struct relay;
 
-#define RELAY_DEST_CONCURRENCY 10   /* connections per destination */
+#define RELAY_DEST_CONCURRENCY 20   /* connections per destination (Postfix: 20) */
 #define RELAY_MAX_CONNS 200         /* connections in all */
 #define RELAY_JOB_RCPT_MAX 100      /* recipients per transaction */
 #define RELAY_IDLE_SECS 5           /* an unused connection is kept this long */

@@ -124,7 +124,7 @@ int lookup_profile_check(const struct store_verify *v, char **error_r)
 		return 0;
 	}
 	if (strcmp(v->type, "smtp") == 0)
-		return lookup_err(error_r, "the smtp probe backend is not available yet");
+		return 0;
 	return lookup_err(error_r, "unknown type");
 }
 
@@ -186,6 +186,47 @@ static struct lookup_conn *lookup_conn_get(struct lookup_worker *w, const struct
 	return c;
 }
 
+/* Profiles whose backend just timed out, shared by every thread of the
+ * process: until hold_until they answer "error" without waiting again. */
+#define LOOKUP_HOLD_MAX 32
+static struct {
+	char name[64];
+	uint64_t until;
+} lookup_holds[LOOKUP_HOLD_MAX];
+static pthread_mutex_t lookup_hold_mu = PTHREAD_MUTEX_INITIALIZER;
+
+static int lookup_hold_get(const char *name, uint64_t now)
+{
+	int held = 0;
+
+	pthread_mutex_lock(&lookup_hold_mu);
+	for (int i = 0; i < LOOKUP_HOLD_MAX; i++)
+		if (lookup_holds[i].until > now && strcasecmp(lookup_holds[i].name, name) == 0) {
+			held = 1;
+			break;
+		}
+	pthread_mutex_unlock(&lookup_hold_mu);
+	return held;
+}
+
+static void lookup_hold_set(const char *name, uint64_t until)
+{
+	int slot = 0;
+
+	pthread_mutex_lock(&lookup_hold_mu);
+	for (int i = 0; i < LOOKUP_HOLD_MAX; i++) {
+		if (strcasecmp(lookup_holds[i].name, name) == 0) {
+			slot = i;
+			break;
+		}
+		if (lookup_holds[i].until < lookup_holds[slot].until)
+			slot = i;     /* else the entry that expires first */
+	}
+	if (util_fmt(lookup_holds[slot].name, sizeof(lookup_holds[slot].name), "%s", name) == 0)
+		lookup_holds[slot].until = until;
+	pthread_mutex_unlock(&lookup_hold_mu);
+}
+
 static enum lookup_result lookup_backend(struct lookup_worker *w, const struct store_verify *v,
     const char *address, char **route_r, char **detail_r)
 {
@@ -206,26 +247,28 @@ static enum lookup_result lookup_backend(struct lookup_worker *w, const struct s
 		return n > 0 ? LOOKUP_FOUND : LOOKUP_MISSING;
 	}
 	if (strcmp(v->type, "mysql") != 0 && strcmp(v->type, "pgsql") != 0 &&
-	    strcmp(v->type, "ldap") != 0) {
+	    strcmp(v->type, "ldap") != 0 && strcmp(v->type, "smtp") != 0) {
 		*detail_r = xstrdup("this backend type is not available");
 		return LOOKUP_ERROR;
 	}
 	c = lookup_conn_get(w, v);
 	start = util_now_ms();
-	if (start < c->hold_until_ms) {
+	if (lookup_hold_get(v->name, start)) {
 		/* a backend that just timed out is not waited for again at once:
 		 * that would hold this thread (and the requests queued behind it) */
 		*detail_r = xstrdup("the backend timed out moments ago; not asked again yet");
 		return LOOKUP_ERROR;
 	}
-	if (strcmp(v->type, "mysql") == 0)
+	if (strcmp(v->type, "smtp") == 0)
+		res = lookup_smtp_ask(w->cfg, w->st, v, address, detail_r);
+	else if (strcmp(v->type, "mysql") == 0)
 		res = lookup_mysql_ask(c, address, detail_r);
 	else if (strcmp(v->type, "pgsql") == 0)
 		res = lookup_pgsql_ask(c, address, detail_r);
 	else
 		res = lookup_ldap_ask(c, address, route_r, detail_r);
 	if (res == LOOKUP_ERROR && util_now_ms() - start >= (uint64_t)LOOKUP_TIMEOUT(c) * 900)
-		c->hold_until_ms = util_now_ms() + (uint64_t)LOOKUP_TIMEOUT(c) * 1000;
+		lookup_hold_set(v->name, util_now_ms() + (uint64_t)LOOKUP_TIMEOUT(c) * 1000);
 	return res;
 }
 

@@ -41,7 +41,6 @@ struct lookup_conn {
 	struct lookup_sql sql;
 	int sql_ready;
 	void *handle;               /* MYSQL *, PGconn *, LDAP * */
-	uint64_t hold_until_ms;     /* after a timeout: answer "error" at once until then */
 };
 
 /* Each asks the backend (connecting first if needed, and once more on a
@@ -57,6 +56,9 @@ void lookup_pgsql_close(struct lookup_conn *c);
 enum lookup_result lookup_ldap_ask(struct lookup_conn *c, const char *address,
     char **route_r, char **detail_r);
 void lookup_ldap_close(struct lookup_conn *c);
+/* A probe session to the next hop of the address's domain (its relay route). */
+enum lookup_result lookup_smtp_ask(const struct kale_config *cfg, store *st,
+    const struct store_verify *v, const char *address, char **detail_r);
 
 /* A worker: its own store handle and connections; used by one thread. */
 struct lookup_worker {

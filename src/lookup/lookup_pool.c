@@ -120,23 +120,32 @@ static void lookup_req_free(struct lookup_req *r)
 static void lookup_on_done(evutil_socket_t fd, short what, void *arg)
 {
 	struct lookup_pool *p = arg;
-	struct lookup_req *list, *r;
+	struct lookup_req *r;
 	char buf[256];
+	int cancelled;
 
 	(void)what;
 	while (read(fd, buf, sizeof(buf)) > 0)
 		;
-	pthread_mutex_lock(&p->mu);
-	list = p->done;
-	p->done = p->done_tail = NULL;
-	for (r = list; r != NULL; r = r->next)
-		lookup_live_unlink(p, r);
-	pthread_mutex_unlock(&p->mu);
-	while ((r = list) != NULL) {
-		list = r->next;
+	/* One at a time: a callback may cancel a request that finished in the
+	 * same batch (its session closed); that one must not be answered. */
+	for (;;) {
+		pthread_mutex_lock(&p->mu);
+		r = p->done;
+		if (r != NULL) {
+			p->done = r->next;
+			if (p->done == NULL)
+				p->done_tail = NULL;
+			r->next = NULL;
+			lookup_live_unlink(p, r);
+			cancelled = r->cancelled;
+		}
+		pthread_mutex_unlock(&p->mu);
+		if (r == NULL)
+			break;
 		if (r->work != NULL) {
-			r->done(r->job, r->cancelled);
-		} else if (!r->cancelled) {
+			r->done(r->job, cancelled);
+		} else if (!cancelled) {
 			struct lookup_answer a;
 			memset(&a, 0, sizeof(a));
 			a.result = r->reply.result;

@@ -650,7 +650,9 @@ static void qmgr_job_done(struct relay_job *job, void *arg)
 			qmgr_log(q, &run->env, rc->addr, "deferred", code, text, job->relay_host);
 		}
 	}
-	if (run->n_newly > 0 && !run->m->deleted) {
+	/* The last job's marks are written by qmgr_run_end (or made moot by the
+	 * removal of a finished message, which the same sync makes durable). */
+	if (run->n_newly > 0 && !run->m->deleted && run->jobs_left > 1) {
 		queue_done_append(q->done_fd, run->m->qid, run->newly, run->n_newly);
 		run->n_newly = 0;
 		q->need_sync = 1;

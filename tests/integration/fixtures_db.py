@@ -29,6 +29,8 @@ def _run(cmd, **kw):
 
 
 class _Server:
+    stop_signal = signal.SIGTERM
+
     def __init__(self, name, directory):
         self.name = name
         self.dir = directory
@@ -49,7 +51,7 @@ class _Server:
         if self.proc is None:
             return
         if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
+            self.proc.send_signal(self.stop_signal)
             try:
                 self.proc.wait(timeout=30)
             except subprocess.TimeoutExpired:
@@ -102,6 +104,8 @@ class MariaDB(_Server):
 
 
 class PostgreSQL(_Server):
+    stop_signal = signal.SIGINT     # "fast" shutdown: does not wait for clients to leave
+
     def __init__(self, directory):
         super().__init__("postgresql", directory)
         bindir = sorted(d for d in os.listdir("/usr/lib/postgresql"))[-1]
@@ -146,6 +150,16 @@ class PostgreSQL(_Server):
         self._spawn([os.path.join(self.bin, "postgres"), "-D", self.data, "-p", str(self.port),
                      "-k", self.dir, "-c", "listen_addresses=127.0.0.1", "-c", "fsync=off"],
                     preexec_fn=self._preexec, cwd=self.dir)
+        # the port opens before the server accepts sessions (recovery)
+        end = time.time() + 60
+        while True:
+            p = subprocess.run([os.path.join(self.bin, "pg_isready"), "-q", "-h", "127.0.0.1",
+                                "-p", str(self.port)], capture_output=True, timeout=30)
+            if p.returncode == 0:
+                return
+            if time.time() > end:
+                raise AssertionError("postgresql not ready")
+            time.sleep(0.1)
 
 
 SLAPD_SCHEMA = """

@@ -232,6 +232,8 @@ def test_starttls_opportunistic(kale_factory):
         smtp_qid(smtp_send(k.port, "bob@other.test", ["x@relay.test"], smtp_msg("tls")))
         assert kale_wait(lambda: len(s.txs) >= 1, WAIT), k.log_text()[-3000:]
         assert s.txs[0].tls
+        # after STARTTLS: EHLO again, and the pipelined group in one record
+        assert s.txs[0].pipelined
     finally:
         s.close()
 
@@ -272,8 +274,8 @@ def test_local_and_relay_recipients_in_one_message(kale_factory, sink):
 
 
 def test_concurrency_limit_and_connection_reuse(kale_factory):
-    """30 messages to one next hop that answers DATA slowly: never more than
-    RELAY_DEST_CONCURRENCY (10) connections at once, so most messages went
+    """60 messages to one next hop that answers DATA slowly: never more than
+    RELAY_DEST_CONCURRENCY (20) connections at once, so most messages went
     over a reused connection."""
     def slow(tx):
         time.sleep(0.2)
@@ -282,7 +284,7 @@ def test_concurrency_limit_and_connection_reuse(kale_factory):
     s.start()
     try:
         k = relay_node(kale_factory, s)
-        n = 30
+        n = 60
         from conftest import SmtpRaw
         with SmtpRaw(k.port) as c:
             c.ehlo()
@@ -290,8 +292,27 @@ def test_concurrency_limit_and_connection_reuse(kale_factory):
                 smtp_qid(c.mail("bob@other.test", ["r%d@relay.test" % i],
                                 smtp_msg("conc-%d" % i), helo=False))
         assert kale_wait(lambda: len(s.txs) >= n and queue_idle(k), 60), k.log_text()[-3000:]
-        assert s.max_active <= 10, s.max_active
+        assert s.max_active <= 20, s.max_active
         assert s.connections < n, s.connections
         assert sorted(s.delivered()) == sorted("r%d@relay.test" % i for i in range(n))
+    finally:
+        s.close()
+
+
+def test_tls_require_with_starttls_delivers(kale_factory):
+    k = kale_factory(start=False, extra_conf=FAST)
+    k.start()           # makes the self-signed certificate
+    k.stop()
+    s = Sink(certfile=os.path.join(k.dir, "tls", "cert.pem"),
+             keyfile=os.path.join(k.dir, "tls", "key.pem"))
+    s.start()
+    try:
+        k.ctl("domain", "add", "relay.test", "--relay", "127.0.0.1:%d" % s.port, "--tls", "require")
+        k.start()
+        smtp_qid(smtp_send(k.port, "bob@other.test", ["x@relay.test"], smtp_msg("tls-req")))
+        assert kale_wait(lambda: len(s.txs) >= 1 and queue_idle(k), WAIT), k.log_text()[-3000:]
+        assert s.txs[0].tls
+        # after STARTTLS: EHLO again, and the pipelined group in one record
+        assert s.txs[0].pipelined
     finally:
         s.close()

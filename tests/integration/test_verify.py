@@ -398,3 +398,34 @@ def test_timed_out_backend_is_not_waited_for_again_at_once(node, silent_port):
         assert word == "error" and "not asked again yet" in line, line
     finally:
         c.close()
+
+
+# ---- smtp: a probe session to the domain's next hop (another kale node) ----
+
+def test_smtp_probe(kale_factory):
+    hop = kale_factory(name="hop", start=False)
+    hop.ctl("domain", "add", "corp.test", "--local")
+    hop.ctl("user", "add", "alice@corp.test")
+    hop.ctl("alias", "add", "sales@corp.test", "alice@corp.test")
+    hop.start()
+    k = kale_factory(name="edge", start=False)
+    k.ctl("domain", "add", "corp.test", "--relay", "127.0.0.1:%d" % hop.port)
+    k.ctl("domain", "add", "mx.test", "--relay", "mx")
+    k.ctl("verify", "add", "probe", "--type", "smtp", "--mode", "cache", "--timeout", "5")
+    assert_verify(k, "probe", "alice@corp.test", FOUND)
+    assert_verify(k, "probe", "sales@corp.test", FOUND)
+    out = assert_verify(k, "probe", "nobody@corp.test", MISSING)
+    assert "5.1.1" in out
+    assert " cached" in assert_verify(k, "probe", "nobody@corp.test", MISSING)
+    # what cannot be sent in RCPT TO is never sent
+    assert_verify(k, "probe", "alice@corp.test>\r\nRSET", MISSING)
+    assert_verify(k, "probe", "a b@corp.test", MISSING)
+    # no usable route: an error
+    assert_verify(k, "probe", "alice@unknown.test", ERROR)
+    assert_verify(k, "probe", "alice@mx.test", ERROR)
+    assert_verify(k, "probe", "alice@example.test", ERROR)    # a local domain
+    # the next hop down: an error (cached answers still answer)
+    hop.stop()
+    assert_verify(k, "probe", "sales@corp.test", FOUND)
+    rc, out = vtest(k, "probe", "bob@corp.test")
+    assert rc == ERROR, out

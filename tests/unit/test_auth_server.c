@@ -371,13 +371,24 @@ static void test_silent_server_times_out(void **state)
 
 static void test_closed_port_and_crlf(void **state)
 {
-	static const struct fstep none[] = { { F_END, NULL } };
+	struct sockaddr_in sin;
+	socklen_t sl = sizeof(sin);
 	struct fake f;
 	char *detail = NULL;
+	int fd;
 
 	(void)state;
-	fake_start(&f, none);
-	fake_join(&f);          /* nobody connected; the listener is closed now */
+	/* a port that was just free: nobody listens there */
+	memset(&f, 0, sizeof(f));
+	memset(&sin, 0, sizeof(sin));
+	sin.sin_family = AF_INET;
+	sin.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
+	fd = socket(AF_INET, SOCK_STREAM, 0);
+	assert_true(fd >= 0);
+	assert_int_equal(bind(fd, (struct sockaddr *)&sin, sizeof(sin)), 0);
+	assert_int_equal(getsockname(fd, (struct sockaddr *)&sin, &sl), 0);
+	f.port = ntohs(sin.sin_port);
+	close(fd);
 	assert_int_equal(login(&f, "pop3", "plain", "u@x.test", "pw", 2000, &detail), AUTH_TEMPFAIL);
 	assert_non_null(strstr(detail, "connect"));
 	free(detail);

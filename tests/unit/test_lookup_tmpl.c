@@ -158,7 +158,8 @@ static void test_profile_check(void **state)
 	assert_int_equal(check("ldap", "ldap://h", "", "dc=x", "(mail=x)", 0), -1);
 	assert_int_equal(check("ldap", "ldap://h", "", "dc=x", "(mail=%m)(uid=x)", 0), -1);
 	assert_int_equal(check("ldap", "http://h", "", "dc=x", "(mail=%m)", 0), -1);
-	assert_int_equal(check("smtp", "", "", "", "", 0), -1);
+	assert_int_equal(check("smtp", "", "", "", "", 0), 0);
+	assert_int_equal(check("nope", "", "", "", "", 0), -1);
 }
 
 int main(void)
