@@ -3,16 +3,11 @@ profile answers found -> 250, missing -> 550 5.1.1 with the profile in the
 mail log, backend down -> 451 4.4.3 (never 5xx), and back up -> 250 again
 (smtpd's pooled connections reconnect). Real MariaDB and slapd servers."""
 import json
-import os
 
 import pytest
 
-from conftest import ROOT, SmtpRaw, kale_wait, smtp_expect
+from conftest import SmtpRaw, kale_wait, smtp_expect
 from fixtures_db import mariadb, slapd, LDAP_READER, LDAP_READER_PW, SUFFIX  # noqa: F401
-
-pytestmark = pytest.mark.skipif(
-    not os.path.exists(os.path.join(ROOT, "src/smtpd/.verify_wired")),
-    reason="smtpd not wired yet")
 
 LOG_WAIT = 15.0
 QUERY = "select email from mailusers where email='%m' and active=1"
