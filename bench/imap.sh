@@ -408,7 +408,7 @@ echo " srv_cpu_s: server CPU s (user+sys, all its processes) over the run; login
 echo " the same over login_s and fetch_s; fetch_us/m: fetch_cpu per message fetched, in us; cli_cpu: the Python clients' CPU s;"
 echo " idle%: CPUs idle in the 2 s before the run; hdrs, bodies: median s per client for each FETCH phase)"
 if [ -n "${WARM_kale:-}" ] || [ -n "${WARM_dovecot:-}" ]; then
-    echo "first LOGIN+SELECT of the fresh Maildir (new/ -> cur/, indexes): kale ${WARM_kale:--}s, dovecot ${WARM_dovecot:--}s"
+    echo "first LOGIN+SELECT of the fresh Maildir (new/ -> cur/, indexes):${WARM_kale:+ kale ${WARM_kale}s}${WARM_dovecot:+ dovecot ${WARM_dovecot}s}"
 fi
 best() { # name key -> smallest value of key over the runs that did not fail
     awk -v n="$1" -v k="$2" '$1 == n && $3 != "FAILED" {

@@ -75,7 +75,7 @@ struct relay_conn {
 	char err_status[16];
 	char err_text[RELAY_TEXT_MAX];
 	/* EHLO extensions */
-	int x_pipe, x_size, x_8bit, x_tls, x_utf8;
+	int x_pipe, x_size, x_8bit, x_tls, x_utf8, x_dsn;
 	uint64_t size_max;
 	int n_lines;
 	/* the transaction */
@@ -398,7 +398,7 @@ static void relay_try_hop(struct relay_conn *c)
 		bufferevent_setcb(c->bev, relay_read_cb, relay_write_cb, relay_event_cb, c);
 		relay_timeouts(c, RELAY_CONNECT_SECS);
 		c->st = RS_CONNECT;
-		c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = 0;
+		c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = c->x_dsn = 0;
 		c->size_max = 0;
 		if (bufferevent_socket_connect(c->bev, (struct sockaddr *)&h->a.ss, (int)h->a.len) == 0) {
 			bufferevent_enable(c->bev, EV_READ | EV_WRITE);
@@ -669,6 +669,18 @@ static void relay_tx_begin(struct relay_conn *c)
 	relay_tx_send(c);
 }
 
+/* Appends s as RFC 3461 xtext: '+', '=' and bytes outside 33..126 as +HH. */
+static void relay_xtext(struct evbuffer *out, const char *s)
+{
+	for (; *s; s++) {
+		unsigned char ch = (unsigned char)*s;
+		if (ch < 33 || ch > 126 || ch == '+' || ch == '=')
+			evbuffer_add_printf(out, "+%02X", ch);
+		else
+			evbuffer_add(out, s, 1);
+	}
+}
+
 /* Writes the next commands: all of them with PIPELINING, else one at a time.
  * A pipelined group goes out in one write (one TLS record, one segment). */
 static void relay_tx_send(struct relay_conn *c)
@@ -682,11 +694,36 @@ static void relay_tx_send(struct relay_conn *c)
 			char size[40] = "";
 			if (c->x_size)
 				util_fmt(size, sizeof(size), " SIZE=%llu", (unsigned long long)job->body_len);
-			evbuffer_add_printf(group, "MAIL FROM:<%s>%s%s%s\r\n", job->sender, size,
+			evbuffer_add_printf(group, "MAIL FROM:<%s>%s%s%s", job->sender, size,
 			    job->body8bit && c->x_8bit ? " BODY=8BITMIME" : "",
 			    job->smtputf8 && c->x_utf8 ? " SMTPUTF8" : "");
+			if (c->x_dsn && job->ret)
+				evbuffer_add_printf(group, " RET=%s", job->ret == 1 ? "FULL" : "HDRS");
+			if (c->x_dsn && job->envid) {
+				evbuffer_add_printf(group, " ENVID=");
+				relay_xtext(group, job->envid);
+			}
+			evbuffer_add(group, "\r\n", 2);
 		} else if (c->cmd_i <= job->n_rcpt) {
-			evbuffer_add_printf(group, "RCPT TO:<%s>\r\n", job->rcpt[c->cmd_i - 1].addr);
+			const struct relay_rcpt *rc = &job->rcpt[c->cmd_i - 1];
+			evbuffer_add_printf(group, "RCPT TO:<%s>", rc->addr);
+			if (c->x_dsn && rc->notify) {
+				if (rc->notify & 1)
+					evbuffer_add_printf(group, " NOTIFY=NEVER");
+				else
+					evbuffer_add_printf(group, " NOTIFY=%s%s%s%s%s",
+					    rc->notify & 2 ? "SUCCESS" : "",
+					    (rc->notify & 2) && (rc->notify & 12) ? "," : "",
+					    rc->notify & 4 ? "FAILURE" : "",
+					    (rc->notify & 4) && (rc->notify & 8) ? "," : "",
+					    rc->notify & 8 ? "DELAY" : "");
+			}
+			if (c->x_dsn && rc->orcpt && strchr(rc->orcpt, ';') && rc->orcpt[0] != ';') {
+				const char *semi = strchr(rc->orcpt, ';');
+				evbuffer_add_printf(group, " ORCPT=%.*s;", (int)(semi - rc->orcpt), rc->orcpt);
+				relay_xtext(group, semi + 1);
+			}
+			evbuffer_add(group, "\r\n", 2);
 		} else {
 			if (!c->x_pipe && (c->n_ok == 0 || c->mail_failed)) {
 				finish = 1;
@@ -872,6 +909,8 @@ static void relay_ehlo_line(struct relay_conn *c, const char *kw)
 		c->x_tls = 1;
 	else if (strncasecmp(kw, "SMTPUTF8", 8) == 0 && (kw[8] == '\0' || kw[8] == ' '))
 		c->x_utf8 = 1;
+	else if (strncasecmp(kw, "DSN", 3) == 0 && (kw[3] == '\0' || kw[3] == ' '))
+		c->x_dsn = 1;
 	else if (strncasecmp(kw, "SIZE", 4) == 0 && (kw[4] == '\0' || kw[4] == ' ')) {
 		long long v;
 		c->x_size = 1;
@@ -925,7 +964,7 @@ static int relay_setup_reply(struct relay_conn *c, int code, const char *status,
 			return -1;
 		}
 		c->st = RS_EHLO;
-		c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = 0;
+		c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = c->x_dsn = 0;
 		relay_send(c, "EHLO %s\r\n", c->r->cfg->hostname);
 		return 0;
 	case RS_EHLO:
@@ -1062,7 +1101,7 @@ static void relay_event_cb(struct bufferevent *bev, short what, void *arg)
 			c->tls_on = 1;
 			c->st = RS_EHLO;
 			/* what was offered in plain text no longer counts */
-			c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = 0;
+			c->x_pipe = c->x_size = c->x_8bit = c->x_tls = c->x_utf8 = c->x_dsn = 0;
 			c->size_max = 0;
 			relay_timeouts(c, RELAY_CMD_SECS);
 			relay_send(c, "EHLO %s\r\n", c->r->cfg->hostname);

@@ -22,6 +22,8 @@ struct relay;
 struct relay_rcpt {
 	const char *addr;       /* not owned */
 	int idx;                /* recipient index in the queue file */
+	int notify;             /* DSN NOTIFY bits (queue_file.h), 0 none */
+	const char *orcpt;      /* ORCPT, decoded ("rfc822;addr"), or NULL; not owned */
 	/* result, set before the job's done callback: */
 	int code;               /* SMTP reply code: 2xx delivered, 4xx defer, 5xx bounce */
 	char status[16];        /* enhanced status "5.1.1" */
@@ -35,6 +37,8 @@ struct relay_job {
 	uint64_t body_len;
 	const char *sender;     /* "" = <> */
 	int body8bit, smtputf8;
+	int ret;                /* DSN RET: 0 none, 1 FULL, 2 HDRS */
+	const char *envid;      /* DSN ENVID, decoded, or NULL; not owned */
 	char route[320];        /* see above */
 	int tls_require;
 	struct relay_rcpt *rcpt;

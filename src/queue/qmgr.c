@@ -693,6 +693,8 @@ static void qmgr_run_submit(struct qmgr *q, struct qmgr_run *run)
 			job->sender = run->env.sender;
 			job->body8bit = run->env.body8bit;
 			job->smtputf8 = run->env.smtputf8;
+			job->ret = run->env.ret;
+			job->envid = run->env.envid;
 			util_fmt(job->route, sizeof(job->route), "%s", gr->route);
 			job->tls_require = gr->tls_require;
 			job->rcpt = xcalloc((size_t)cnt, sizeof(*job->rcpt));
@@ -700,6 +702,8 @@ static void qmgr_run_submit(struct qmgr *q, struct qmgr_run *run)
 			for (int k = 0; k < cnt; k++) {
 				job->rcpt[k].idx = gr->idx[off + k];
 				job->rcpt[k].addr = run->env.rcpt[gr->idx[off + k]].addr;
+				job->rcpt[k].notify = run->env.rcpt[gr->idx[off + k]].notify;
+				job->rcpt[k].orcpt = run->env.rcpt[gr->idx[off + k]].orcpt;
 			}
 			job->done = qmgr_job_done;
 			job->arg = run;

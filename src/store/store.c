@@ -497,10 +497,22 @@ int store_domain_get(store *st, const char *name, struct store_domain *d_r)
 	return rc;
 }
 
-static int store_verify_check(const char *verify, char **error_r)
+static int store_verify_check(store *st, const char *verify, char **error_r)
 {
-	if (*verify != '\0' && !store_name_ok(verify, 63))
+	struct store_verify v;
+	int rc;
+
+	if (*verify == '\0')
+		return 0;
+	if (!store_name_ok(verify, 63))
 		return store_err(error_r, "bad verification profile name '%.64s'", verify);
+	/* a domain pointing at a profile that does not exist would answer 451
+	 * to every recipient: refuse it here */
+	rc = store_verify_get(st, verify, &v);
+	if (rc < 0)
+		return store_err(error_r, "cannot read verification profile '%s'", verify);
+	if (rc == 0)
+		return store_err(error_r, "no verification profile '%s' (kalectl verify add)", verify);
 	return 0;
 }
 
@@ -521,7 +533,7 @@ int store_domain_add(store *st, const struct store_domain *d, char **error_r)
 		return -1;
 	if (strcmp(tls, "opportunistic") != 0 && strcmp(tls, "require") != 0)
 		return store_err(error_r, "tls must be 'opportunistic' or 'require'");
-	if (store_verify_check(d->verify, error_r) < 0)
+	if (store_verify_check(st, d->verify, error_r) < 0)
 		return -1;
 	s = store_prepare(st, "INSERT INTO domains(name, local, relay, tls, verify) "
 	    "VALUES (?, ?, ?, ?, ?)", error_r);
@@ -553,7 +565,7 @@ int store_domain_set_verify(store *st, const char *name, const char *verify, cha
 
 	if (verify == NULL || strcmp(verify, "none") == 0)
 		verify = "";
-	if (store_verify_check(verify, error_r) < 0)
+	if (store_verify_check(st, verify, error_r) < 0)
 		return -1;
 	s = store_prepare(st, "UPDATE domains SET verify = ? WHERE name = ?", error_r);
 	if (s == NULL)

@@ -114,6 +114,9 @@ def test_refused_actions_exit_1(node):
 def test_policy_round_trip(node):
     node.ctl("domain", "add", "example.test", "--local", "--verify", "none")
     node.ctl("domain", "add", "relay.test", "--relay", "[::1]:2525")
+    refused(node.ctl("domain", "set", "relay.test", "--verify", "corp", check=False),
+            "no verification profile")
+    node.ctl("verify", "add", "corp", "--type", "localdb")
     node.ctl("domain", "set", "relay.test", "--verify", "corp")
     out = node.ctl("domain", "list").stdout.splitlines()
     assert out[0].split() == ["DOMAIN", "TYPE", "ROUTE", "TLS", "VERIFY"]

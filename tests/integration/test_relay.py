@@ -316,3 +316,75 @@ def test_tls_require_with_starttls_delivers(kale_factory):
         assert s.txs[0].pipelined
     finally:
         s.close()
+
+
+def test_dsn_parameters_passed_when_offered(kale_factory):
+    """RET/ENVID on MAIL, NOTIFY/ORCPT on RCPT (xtext-encoded) go to a next
+    hop that offers DSN. The recipients' NOTIFY/ORCPT come from a queue file
+    written here (smtpd does not store them yet)."""
+    from test_relay_queue import queue_file
+    import pwd
+    s = Sink(ext=("PIPELINING", "DSN", "8BITMIME"))
+    s.start()
+    try:
+        k = kale_factory(start=False, extra_conf=FAST)
+        k.ctl("domain", "add", "relay.test", "--relay", "127.0.0.1:%d" % s.port)
+        k.start()
+        k.stop()
+        qid = "0005F0000000000000005678"
+        data = queue_file(qid, int(time.time()), "bob@other.test",
+                          [("x@relay.test", "rfc822;X+Tag=1@Relay.test", 2 | 4),
+                           ("y@relay.test", None, 1), ("z@relay.test", None, 0),
+                           ("w@relay.test", None, 2 | 8)],
+                          b"Subject: dsn-params\n\nbody\n")
+        path = os.path.join(k.data, "queue", "incoming", qid)
+        with open(path, "wb") as f:
+            f.write(data)
+        if os.geteuid() == 0:
+            pw = pwd.getpwnam("nobody")
+            os.chown(path, pw.pw_uid, pw.pw_gid)
+        k.start()
+        assert kale_wait(lambda: len(s.txs) >= 1 and queue_idle(k), WAIT), k.log_text()[-3000:]
+        lines = {l.split(b"<")[1].split(b">")[0]: l for l in s.txs[0].rcpt_lines}
+        assert lines[b"x@relay.test"].endswith(
+            b" NOTIFY=SUCCESS,FAILURE ORCPT=rfc822;X+2BTag+3D1@Relay.test"), lines
+        assert lines[b"y@relay.test"].endswith(b" NOTIFY=NEVER"), lines
+        assert lines[b"z@relay.test"] == b"RCPT TO:<z@relay.test>", lines
+        assert lines[b"w@relay.test"].endswith(b" NOTIFY=SUCCESS,DELAY"), lines
+    finally:
+        s.close()
+
+
+def test_ret_envid_passed_when_offered(kale_factory):
+    s = Sink(ext=("PIPELINING", "DSN"))
+    s.start()
+    try:
+        k = relay_node(kale_factory, s)
+        from conftest import SmtpRaw, smtp_expect
+        with SmtpRaw(k.port) as c:
+            c.ehlo()
+            r = c.cmd("MAIL FROM:<bob@other.test> RET=HDRS ENVID=env+3Did")
+            if r.code != 250:
+                pytest.skip("smtpd does not take DSN parameters: %r" % r)
+            smtp_expect(c.cmd("RCPT TO:<x@relay.test>"), 250)
+            smtp_qid(c.data(smtp_msg("ret-envid")))
+        assert kale_wait(lambda: len(s.txs) >= 1, WAIT), k.log_text()[-3000:]
+        m = s.txs[0].mail
+        assert b" RET=HDRS" in m and b" ENVID=env+3Did" in m, m
+    finally:
+        s.close()
+
+
+def test_no_dsn_parameters_when_not_offered(kale_factory, sink):
+    k = relay_node(kale_factory, sink)
+    from conftest import SmtpRaw, smtp_expect
+    with SmtpRaw(k.port) as c:
+        c.ehlo()
+        r = c.cmd("MAIL FROM:<bob@other.test> RET=FULL")
+        if r.code != 250:
+            pytest.skip("smtpd does not take DSN parameters: %r" % r)
+        smtp_expect(c.cmd("RCPT TO:<x@relay.test> NOTIFY=FAILURE"), 250)
+        smtp_qid(c.data(smtp_msg("no-dsn")))
+    assert kale_wait(lambda: len(sink.txs) >= 1, WAIT), k.log_text()[-3000:]
+    assert b"RET=" not in sink.txs[0].mail
+    assert sink.txs[0].rcpt_lines == [b"RCPT TO:<x@relay.test>"]

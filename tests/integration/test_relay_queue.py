@@ -145,8 +145,14 @@ def queue_file(qid, arrival, sender, rcpts, body):
     env += rec(b"C", b"127.0.0.1") + rec(b"H", b"client.test") + rec(b"S", sender.encode())
     env += rec(b"F", b"")
     for r in rcpts:
-        a = r.encode()
-        sub = b"a" + str(len(a)).encode() + b":" + a + b"o" + str(len(a)).encode() + b":" + a + b"n1:0"
+        # r: "addr" or ("addr", orcpt or None, notify bits)
+        addr, orcpt, notify = (r, None, 0) if isinstance(r, str) else r
+        a = addr.encode()
+        sub = b"a" + str(len(a)).encode() + b":" + a + b"o" + str(len(a)).encode() + b":" + a
+        if orcpt:
+            sub += b"p" + str(len(orcpt)).encode() + b":" + orcpt.encode()
+        n = str(notify).encode()
+        sub += b"n" + str(len(n)).encode() + b":" + n
         env += rec(b"R", sub)
     env += b"Z0:\n"
     trailer = b"KALEQ001 %016x %016x     \n" % (len(body), len(env))

@@ -207,7 +207,20 @@ static void test_domains(void **state)
 	assert_int_equal(store_domain_get(f->st, "r1.test", &d), 1);
 	assert_string_equal(d.tls, "require");
 
-	/* verify */
+	/* verify: only an existing profile can be attached */
+	assert_int_equal(store_domain_set_verify(f->st, "r1.test", "corp-ldap", &err), -1);
+	xfree(&err);
+	{
+		struct store_verify v;
+		memset(&v, 0, sizeof(v));
+		snprintf(v.name, sizeof(v.name), "corp-ldap");
+		snprintf(v.type, sizeof(v.type), "localdb");
+		snprintf(v.mode, sizeof(v.mode), "realtime");
+		v.timeout = 5;
+		v.ttl_found = 3600;
+		v.ttl_missing = 300;
+		assert_int_equal(store_verify_add(f->st, &v, &err), 0);
+	}
 	assert_int_equal(store_domain_set_verify(f->st, "r1.test", "corp-ldap", &err), 0);
 	assert_int_equal(store_domain_get(f->st, "r1.test", &d), 1);
 	assert_string_equal(d.verify, "corp-ldap");
@@ -217,7 +230,7 @@ static void test_domains(void **state)
 	assert_int_equal(store_domain_set_verify(f->st, "r1.test", "a'b", &err), -1);
 	free(err);
 	err = NULL;
-	assert_int_equal(store_domain_set_verify(f->st, "nope.test", "x", &err), -1);
+	assert_int_equal(store_domain_set_verify(f->st, "nope.test", "corp-ldap", &err), -1);
 	assert_non_null(strstr(err, "does not exist"));
 	free(err);
 	err = NULL;
