@@ -347,15 +347,18 @@ static void relay_hop_failed(struct relay_conn *c, int code, const char *status,
 	relay_try_hop(c);
 }
 
-/* No next hop could be reached: fail the queue (if no other connection to
- * this destination may still take it) and go away. */
+/* No next hop could be reached: fail the whole queue if no other connection
+ * to this destination may still take it, else the one job this connection
+ * was opened for (so a failing destination never respawns connections
+ * without end), and go away. */
 static void relay_conn_give_up(struct relay_conn *c)
 {
 	struct relay_dest *d = c->d;
+	int n = d->n_conns == 1 ? d->n_queued : 1;
 
-	if (d->n_conns == 1) {
+	{
 		struct relay_job *job;
-		while ((job = relay_dest_pop(d)) != NULL) {
+		while (n-- > 0 && (job = relay_dest_pop(d)) != NULL) {
 			util_fmt(job->relay_host, sizeof(job->relay_host), "%s",
 			    c->peer[0] ? c->peer : d->route);
 			relay_job_fail(c->r, job, c->err_code ? c->err_code : 451,

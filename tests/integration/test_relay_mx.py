@@ -126,3 +126,26 @@ def test_nxdomain_bounces(kale_factory, sink):
         assert "Status: 5.1.2" in d
     finally:
         k.dns.close()
+
+
+def test_failing_destination_with_many_messages_settles(kale_factory, sink):
+    """Several messages to a domain that does not exist: each connection
+    that fails takes its job down with it, so lookups stay bounded (no
+    endless respawning of connections) and every message bounces once."""
+    k = dns_node(kale_factory, sink, {})
+    try:
+        k.ctl("domain", "add", "gone.test", "--relay", "mx")
+        k.start()
+        n = 6
+        for i in range(n):
+            smtp_qid(smtp_send(k.port, "alice@example.test", ["x%d@gone.test" % i],
+                               smtp_msg("gone-%d" % i, sender="alice@example.test")))
+        assert kale_wait(lambda: queue_idle(k) and len(k.messages("alice@example.test")) >= n,
+                         WAIT), k.log_text()[-3000:]
+        import time
+        time.sleep(1)
+        mx = [q for q in k.dns.queries if q == ("gone.test", "MX")]
+        assert len(mx) <= 2 * n, len(mx)
+        assert len(k.messages("alice@example.test")) == n
+    finally:
+        k.dns.close()
