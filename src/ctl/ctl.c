@@ -38,7 +38,8 @@ static const char ctl_usage_text[] =
 	"                  [--disabled]\n"
 	"  auth server list | auth server del ID | auth server move ID POSITION\n"
 	"  status | reload\n"
-	"  queue list [--json] | queue show QID\n"
+	"  queue list [--json] | queue show QID | queue flush [QID]\n"
+	"  queue hold QID | queue release QID | queue delete QID | queue bounce QID\n"
 	"config: -c FILE, else $KALE_CONF, else /etc/kale/kale.conf\n"
 	"exit: 0 ok, 1 refused or failed, 2 bad usage\n";
 

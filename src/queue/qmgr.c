@@ -195,17 +195,38 @@ static void qmgr_forget(struct qmgr *q, struct qmgr_msg *m)
 	free(m);
 }
 
+static int qmgr_qid_cmp(const void *a, const void *b)
+{
+	return strcmp(*(char *const *)a, *(char *const *)b);
+}
+
+/* Adds every message in incoming/, oldest first: queue ids sort by arrival,
+ * and readdir's order is the directory hash's, not time. */
 static void qmgr_scan(struct qmgr *q)
 {
 	DIR *d = opendir(QUEUE_DIR_INCOMING);
 	struct dirent *de;
+	char **names = NULL;
+	size_t n = 0, cap = 0;
 
 	if (d == NULL)
 		return;
-	while ((de = readdir(d)) != NULL)
-		if (de->d_name[0] != '.')
-			qmgr_add(q, de->d_name);
+	while ((de = readdir(d)) != NULL) {
+		if (!queue_qid_valid(de->d_name) || qmgr_find(q, de->d_name))
+			continue;
+		if (n == cap) {
+			cap = cap ? cap * 2 : 256;
+			names = xrealloc(names, cap * sizeof(*names));
+		}
+		names[n++] = xstrdup(de->d_name);
+	}
 	closedir(d);
+	qsort(names, n, sizeof(*names), qmgr_qid_cmp);
+	for (size_t i = 0; i < n; i++) {
+		qmgr_add(q, names[i]);
+		free(names[i]);
+	}
+	free(names);
 	q->last_scan = time(NULL);
 }
 

@@ -58,6 +58,8 @@ enum smtpd_state {
 
 struct smtpd_rcpt {
 	char *orig;
+	char *orcpt;               /* DSN ORCPT= or NULL */
+	int notify;                /* DSN NOTIFY= bits */
 	char **targets;
 	int n_targets;
 };
@@ -233,6 +235,7 @@ static void smtpd_tx_reset(struct smtpd_session *s)
 
 	for (int i = 0; i < tx->n_rcpt; i++) {
 		free(tx->rcpt[i].orig);
+		free(tx->rcpt[i].orcpt);
 		store_targets_free(tx->rcpt[i].targets, tx->rcpt[i].n_targets);
 	}
 	free(tx->rcpt);
@@ -585,7 +588,8 @@ static void smtpd_message_done(struct smtpd_session *s)
 		env.body_len = tx->body_len;
 		for (int i = 0; i < tx->n_rcpt; i++)
 			for (int j = 0; j < tx->rcpt[i].n_targets; j++)
-				queue_env_add_rcpt(&env, tx->rcpt[i].targets[j], tx->rcpt[i].orig, NULL, 0);
+				queue_env_add_rcpt(&env, tx->rcpt[i].targets[j], tx->rcpt[i].orig,
+				    tx->rcpt[i].orcpt, tx->rcpt[i].notify);
 		if (queue_file_finish(tx->fd, &env) < 0)
 			tx->werrno = errno ? errno : EIO;
 		/* the strings belong to the session; free only what the env allocated */
@@ -882,6 +886,8 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 	}
 	tx->rcpt = xrealloc(tx->rcpt, sizeof(*tx->rcpt) * (size_t)(tx->n_rcpt + 1));
 	tx->rcpt[tx->n_rcpt].orig = xstrdup(pp->addr);
+	tx->rcpt[tx->n_rcpt].orcpt = pp->orcpt[0] ? xstrdup(pp->orcpt) : NULL;
+	tx->rcpt[tx->n_rcpt].notify = pp->notify;
 	tx->rcpt[tx->n_rcpt].targets = targets;
 	tx->rcpt[tx->n_rcpt].n_targets = n;
 	tx->n_rcpt++;
