@@ -33,6 +33,7 @@
 #include "queue/qmgr.h"
 #include "queue/queue_file.h"
 #include "store/store.h"
+#include "lookup/lookup.h"
 
 #define QMGR_BATCH 256
 #define QMGR_BUCKETS 4096
@@ -363,8 +364,29 @@ static void qmgr_rcpt(struct qmgr *q, struct qmgr_run *run, int idx,
 	if (!found || !dom.local) {
 		char route[320];
 		if (found && strncmp(dom.relay, "ldap:", 5) == 0) {
-			qmgr_defer(run, "ldap routes not available yet");
-			qmgr_log(q, &run->env, r->addr, "deferred", "451 4.3.5", run->defer_reason, NULL);
+			/* The next hop of this recipient is an attribute of its
+			 * directory entry (the profile's --route-attribute). */
+			struct lookup_answer a;
+			char *detail = NULL, *rerr = NULL;
+
+			lookup_verify_sync(q->cfg, dom.relay + 5, r->addr, &a, &detail);
+			if (a.result == LOOKUP_MISSING) {
+				qmgr_fail(q, run, idx, "bounced", 550, "5.1.1", "not in the routing directory", NULL);
+			} else if (a.result != LOOKUP_FOUND) {
+				qmgr_defer(run, "routing directory unavailable");
+				qmgr_log(q, &run->env, r->addr, "deferred", "451 4.4.3", a.detail, NULL);
+			} else if (a.route == NULL || a.route[0] == '\0' ||
+			    strcmp(a.route, "mx") == 0 || strncmp(a.route, "ldap:", 5) == 0 ||
+			    store_relay_check(a.route, &rerr) < 0) {
+				qmgr_defer(run, "no usable route in the directory entry");
+				qmgr_log(q, &run->env, r->addr, "deferred", "451 4.4.4", run->defer_reason,
+				    a.route);
+			} else {
+				util_fmt(route, sizeof(route), "%s", a.route);
+				qmgr_group_add(run, route, strcmp(dom.tls, "require") == 0, idx);
+			}
+			free(rerr);
+			free(detail);
 			return;
 		}
 		if (!found || strcmp(dom.relay, "mx") == 0) {

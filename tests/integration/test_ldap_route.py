@@ -1,0 +1,56 @@
+"""LDAP routes (issue 5): `domain add DOMAIN --relay ldap:PROFILE` takes the
+next hop of each recipient from its directory entry (the profile's
+--route-attribute, mailHost by default), against a real slapd and a real
+next hop on loopback. A recipient the directory does not know bounces; one
+whose entry has no usable route is deferred, never bounced."""
+from conftest import kale_wait, smtp_msg, smtp_qid, smtp_send
+from fixtures_db import (LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_READER, LDAP_READER_PW, SUFFIX,  # noqa: F401
+                         _run, slapd)
+from relaysink import Sink
+from test_relay import FAST, WAIT, wait_log
+
+import pytest
+
+
+@pytest.fixture
+def sink():
+    s = Sink()
+    s.start()
+    yield s
+    s.close()
+
+
+def test_ldap_route_per_recipient(kale_factory, slapd, sink):  # noqa: F811
+    slapd.ensure()
+    tag = "p%d" % sink.port
+    entries = [
+        "dn: uid=routed-%s,ou=people,%s\nobjectClass: inetOrgPerson\n"
+        "objectClass: inetLocalMailRecipient\nuid: routed-%s\ncn: R\nsn: R\n"
+        "mail: routed-%s@route.test\nmailHost: 127.0.0.1:%d\n" % (tag, SUFFIX, tag, tag, sink.port),
+        "dn: uid=noroute-%s,ou=people,%s\nobjectClass: inetOrgPerson\nuid: noroute-%s\n"
+        "cn: N\nsn: N\nmail: noroute-%s@route.test\n" % (tag, SUFFIX, tag, tag),
+    ]
+    _run(["ldapadd", "-x", "-H", slapd.url(), "-D", LDAP_ADMIN, "-w", LDAP_ADMIN_PW],
+         input="\n".join(entries))
+    k = kale_factory(start=False, extra_conf=FAST)
+    k.ctl("verify", "add", "routes", "--type", "ldap", "--url", slapd.url(), "--base", SUFFIX,
+          "--filter", "(mail=%m)", "--bind-dn", LDAP_READER, "--bind-password-stdin",
+          input=LDAP_READER_PW + "\n")
+    k.ctl("domain", "add", "route.test", "--relay", "ldap:routes")
+    k.start()
+    routed = "routed-%s@route.test" % tag
+    noroute = "noroute-%s@route.test" % tag
+    unknown = "unknown-%s@route.test" % tag
+    smtp_qid(smtp_send(k.port, "bob@other.test", [routed, noroute, unknown],
+                       smtp_msg("ldap-route", to=routed)))
+    assert kale_wait(lambda: len(sink.txs) >= 1, WAIT), k.log_text()[-3000:]
+    tx = sink.txs[0]
+    assert tx.rcpts == [routed], tx.rcpts
+    assert b"Subject: ldap-route" in tx.data
+    rows = wait_log(k, routed, "delivered")
+    assert any(r["action"] == "delivered" for r in rows)
+    rows = wait_log(k, noroute, "deferred")
+    assert all(r["action"] != "bounced" for r in rows), rows
+    assert any((r.get("code") or "").startswith("451 4.4.4") for r in rows), rows
+    rows = wait_log(k, unknown, "bounced")
+    assert any((r.get("code") or "").startswith("550 5.1.1") for r in rows), rows
