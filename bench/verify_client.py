@@ -26,6 +26,7 @@ import multiprocessing
 import os
 import random
 import resource
+import signal
 import socket
 import sys
 import threading
@@ -179,6 +180,13 @@ def cmd_run(args):
         p.start()
         wr.close()
         procs.append((p, rd))
+    def on_term(signum, frame):
+        for p, _rd in procs:
+            if p.is_alive():
+                p.kill()
+        sys.exit(128 + signum)
+    signal.signal(signal.SIGTERM, on_term)
+    signal.signal(signal.SIGINT, on_term)
     try:
         barrier.wait(args.io_timeout + 5)
     except threading.BrokenBarrierError:

@@ -12,6 +12,12 @@
 
 static char log_proc[32] = "kale";
 static int log_syslog;
+static enum log_level log_min = LOG_LVL_INFO;
+
+void log_set_level(enum log_level min)
+{
+	log_min = min;
+}
 
 void log_init(const char *proc, int use_syslog)
 {
@@ -67,6 +73,8 @@ void log_event(enum log_level lvl, const char *event, ...)
 	size_t off;
 	va_list ap;
 
+	if (lvl < log_min)
+		return;
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
 	off = strftime(buf, sizeof(buf), "ts=%Y-%m-%dT%H:%M:%S", &tm);

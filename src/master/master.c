@@ -546,6 +546,7 @@ static int master_reload(struct master *m, char **error_r)
 	}
 	conf_free(&m->cfg);
 	m->cfg = ncfg;
+	log_set_level((enum log_level)m->cfg.log_min_level);
 	SSL_CTX_free(m->tls);
 	m->tls = ntls;
 	log_set_proc("master");
@@ -829,6 +830,7 @@ int master_run(const char *path)
 		goto out;
 	}
 	log_init("master", m->cfg.log_syslog);
+	log_set_level((enum log_level)m->cfg.log_min_level);
 	signal(SIGPIPE, SIG_IGN);
 	umask(027);
 	if (geteuid() == 0) {

@@ -222,7 +222,8 @@ static void qmgr_scan(struct qmgr *q)
 		names[n++] = xstrdup(de->d_name);
 	}
 	closedir(d);
-	qsort(names, n, sizeof(*names), qmgr_qid_cmp);
+	if (n > 1)
+		qsort(names, n, sizeof(*names), qmgr_qid_cmp);
 	for (size_t i = 0; i < n; i++) {
 		qmgr_add(q, names[i]);
 		free(names[i]);
