@@ -33,6 +33,7 @@
 #include "mail/mime.h"
 #include "master/kaled.h"
 #include "store/store.h"
+#include "lookup/lookup.h"
 
 #define IMAPD_LINE_MAX        65536            /* one command line */
 #define IMAPD_CMD_MAX_PREAUTH 8192             /* a whole command before login */
@@ -73,6 +74,8 @@ struct imapd_sess {
 	int auth_pending;
 	char auth_tag[IMAP_TAG_MAX + 1];
 	int starttls_pending;
+	int login_pending;        /* password check running on the pool */
+	uint64_t login_req;
 	int closing;
 	struct event *close_ev;
 	int errors, bad_logins;
@@ -86,6 +89,7 @@ struct imapd {
 	int n_lis;
 	struct imapd_sess *sessions;
 	int n_sessions;
+	struct lookup_pool *pool;   /* password checks off the loop */
 	int shutting_down;
 	struct event *sig_term, *sig_int, *shutdown_timer;
 };
@@ -214,6 +218,8 @@ static void imapd_unselect(struct imapd_sess *s)
 static void imapd_sess_free(struct imapd_sess *s)
 {
 	struct imapd *d = s->d;
+	if (s->login_pending)
+		lookup_cancel(d->pool, s->login_req);
 	imapd_idle_stop(s);
 	imapd_unselect(s);
 	if (s->close_ev != NULL)
@@ -462,17 +468,10 @@ static void imapd_cmd_starttls(struct imapd_sess *s, struct imap_cmd *c, int uid
 	evbuffer_drain(in, evbuffer_get_length(in));
 }
 
-static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *user, const char *pass)
+/* Second half of LOGIN / AUTHENTICATE PLAIN, once the password check has
+ * answered: r is 1 right, 0 wrong, -1 store error. */
+static void imapd_login_finish(struct imapd_sess *s, const char *tag, const char *addr, int r)
 {
-	char addr[320];
-	if (util_fmt(addr, sizeof(addr), "%s", user) < 0 || strchr(addr, '@') == NULL) {
-		s->bad_logins++;
-		imapd_maillog(s, NULL, "login-failed", "invalid user name");
-		imapd_printf(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed", tag);
-		goto check;
-	}
-	util_lower(addr);
-	int r = s->d->st != NULL ? store_user_check_password(s->d->st, addr, pass) : -1;
 	if (r < 0) {
 		imapd_printf(s, "%s NO [UNAVAILABLE] Temporary authentication failure", tag);
 		log_event(LOG_LVL_ERROR, "imap.auth_error", "user", addr, "client", s->ip, NULL);
@@ -492,7 +491,7 @@ static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *
 		log_event(LOG_LVL_ERROR, "imap.mailbox_error", "user", addr, NULL);
 		return;
 	}
-	memcpy(s->user, addr, sizeof(s->user));
+	snprintf(s->user, sizeof(s->user), "%s", addr);
 	s->state = IMAPD_AUTH;
 	imapd_set_timeout(s);
 	log_event(LOG_LVL_INFO, "imap.login", "user", addr, "client", s->ip, "tls", s->tls ? "yes" : "no", NULL);
@@ -506,6 +505,78 @@ check:
 		imapd_printf(s, "* BYE Too many failed logins");
 		imapd_close(s);
 	}
+}
+
+/* A password check on the lookup thread pool: yescrypt costs tens of
+ * milliseconds, which must not stall every other session of this process. */
+struct imapd_login_job {
+	const struct kale_config *cfg;
+	struct imapd_sess *s;
+	char tag[IMAP_TAG_MAX + 1];
+	char addr[320];
+	char *pass;
+	int result;
+};
+
+static void imapd_login_work(void *arg)
+{
+	struct imapd_login_job *j = arg;
+	store *st = NULL;
+	char *err = NULL;
+
+	if (store_open(j->cfg, &st, &err) < 0) {
+		j->result = -1;
+	} else {
+		j->result = store_user_check_password(st, j->addr, j->pass);
+		store_close(&st);
+	}
+	free(err);
+}
+
+static void imapd_login_job_done(void *arg, int cancelled)
+{
+	struct imapd_login_job *j = arg;
+	struct imapd_sess *s = j->s;
+
+	if (!cancelled) {
+		s->login_pending = 0;
+		s->login_req = 0;
+		imapd_login_finish(s, j->tag, j->addr, j->result);
+	}
+	OPENSSL_cleanse(j->pass, strlen(j->pass));
+	free(j->pass);
+	free(j);
+	if (!cancelled && !s->closing)
+		imapd_read_cb(s->bev, s);     /* go on with what the client pipelined */
+}
+
+static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *user, const char *pass)
+{
+	char addr[320];
+	if (util_fmt(addr, sizeof(addr), "%s", user) < 0 || strchr(addr, '@') == NULL) {
+		s->bad_logins++;
+		imapd_maillog(s, NULL, "login-failed", "invalid user name");
+		imapd_printf(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed", tag);
+		if (s->bad_logins >= IMAPD_MAX_BAD_LOGINS) {
+			imapd_printf(s, "* BYE Too many failed logins");
+			imapd_close(s);
+		}
+		return;
+	}
+	util_lower(addr);
+	if (s->d->pool != NULL) {
+		struct imapd_login_job *j = xcalloc(1, sizeof(*j));
+		j->cfg = s->d->ctx->cfg;
+		j->s = s;
+		snprintf(j->tag, sizeof(j->tag), "%s", tag);
+		snprintf(j->addr, sizeof(j->addr), "%s", addr);
+		j->pass = xstrdup(pass);
+		s->login_pending = 1;
+		s->login_req = lookup_pool_job(s->d->pool, imapd_login_work, imapd_login_job_done, j);
+		return;
+	}
+	imapd_login_finish(s, tag, addr,
+	    s->d->st != NULL ? store_user_check_password(s->d->st, addr, pass) : -1);
 }
 
 static int imapd_plaintext_ok(struct imapd_sess *s, const char *tag)
@@ -1881,7 +1952,7 @@ static void imapd_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct imapd_sess *s = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
-	while (!s->closing && !s->starttls_pending) {
+	while (!s->closing && !s->starttls_pending && !s->login_pending) {
 		if (s->lit_left > 0) {
 			size_t avail = evbuffer_get_length(in);
 			if (avail == 0)
@@ -2202,6 +2273,11 @@ int imapd_main(struct kale_ctx *ctx)
 	d.base = event_base_new();
 	if (d.base == NULL)
 		goto out;
+	d.pool = lookup_pool_new(d.base, ctx->cfg, 2, &err);
+	if (d.pool == NULL) {
+		log_event(LOG_LVL_WARN, "imap.pool", "error", err, "note", "password checks on the loop", NULL);
+		xfree(&err);
+	}
 	for (int i = 0; i < ctx->n_ls && d.n_lis < 32; i++) {
 		const struct kale_listener *l = &ctx->ls[i];
 		if (l->kind != LISTEN_IMAP && l->kind != LISTEN_IMAPS)
@@ -2226,6 +2302,7 @@ int imapd_main(struct kale_ctx *ctx)
 out:
 	while (d.sessions != NULL)
 		imapd_sess_free(d.sessions);
+	lookup_pool_free(&d.pool);
 	for (int i = 0; i < d.n_lis; i++)
 		if (d.lis[i] != NULL)
 			evconnlistener_free(d.lis[i]);

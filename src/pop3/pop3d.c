@@ -30,6 +30,7 @@
 #include "pop3/pop3_mbox.h"
 #include "pop3/pop3_parse.h"
 #include "store/store.h"
+#include "lookup/lookup.h"
 
 #define POP3D_MAX_ERRORS     10      /* -ERR replies before we hang up */
 #define POP3D_MAX_BAD_LOGINS 3       /* failed PASS before we hang up */
@@ -62,7 +63,9 @@ struct pop3d_session {
 	struct pop3_mbox *mb;
 	int errors, bad_logins;
 	int skipping;                  /* discarding the rest of an overlong line */
-	int busy;                      /* a failed-login delay runs */
+	int busy;                      /* a failed-login delay or a password check runs */
+	int login_pending;             /* password check on the lookup pool */
+	uint64_t login_req;
 	struct event *delay;
 	struct event *login_deadline;  /* AUTHORIZATION lasts at most 2 x command_timeout */
 	int xfer_fd;                   /* message being sent by RETR/TOP, or -1 */
@@ -84,6 +87,7 @@ struct pop3d {
 	struct event_base *base;
 	store *st;
 	int log_dirty;
+	struct lookup_pool *pool;      /* password checks off the loop */
 	struct pop3d_listener *lis;
 	int n_lis;
 	struct event *ev_term, *ev_flush, *ev_stop;
@@ -171,6 +175,8 @@ static void pop3d_session_free(struct pop3d_session *s)
 {
 	struct pop3d *srv = s->srv;
 
+	if (s->login_pending)
+		lookup_cancel(srv->pool, s->login_req);
 	if (s->xfer_fd >= 0)
 		close(s->xfer_fd);
 	if (s->delay != NULL)
@@ -354,12 +360,54 @@ static void pop3d_delay_done(evutil_socket_t fd, short what, void *arg)
 	pop3d_after(s);
 }
 
+static void pop3d_pass_finish(struct pop3d_session *s, int rc);
+
+struct pop3d_login_job {
+	const struct kale_config *cfg;
+	struct pop3d_session *s;
+	char user[320];
+	char *pass;
+	int result;
+};
+
+static void pop3d_login_work(void *arg)
+{
+	struct pop3d_login_job *j = arg;
+	store *st = NULL;
+	char *err = NULL;
+
+	if (store_open(j->cfg, &st, &err) < 0) {
+		j->result = -1;
+	} else {
+		j->result = store_user_check_password(st, j->user, j->pass);
+		store_close(&st);
+	}
+	free(err);
+}
+
+static void pop3d_login_job_done(void *arg, int cancelled)
+{
+	struct pop3d_login_job *j = arg;
+	struct pop3d_session *s = j->s;
+	int rc = j->result;
+
+	explicit_bzero(j->pass, strlen(j->pass));
+	free(j->pass);
+	free(j);
+	if (cancelled)
+		return;
+	s->login_pending = 0;
+	s->login_req = 0;
+	if (s->state != POP3D_ST_CLOSING) {
+		s->busy = 0;
+		pop3d_pass_finish(s, rc);
+		pop3d_process(s);
+	}
+	pop3d_after(s);          /* may free s: last */
+}
+
 static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 {
-	char path[PATH_MAX];
-	const char *err = NULL;
-	uint32_t count;
-	uint64_t size;
 	int rc;
 
 	if (pop3d_plaintext_refused(s))
@@ -368,8 +416,33 @@ static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 		pop3d_err(s, "USER first");
 		return;
 	}
+	if (s->srv->pool != NULL) {
+		/* yescrypt costs tens of milliseconds: check on the pool so the
+		 * other sessions of this process are not stalled meanwhile */
+		struct pop3d_login_job *j = xcalloc(1, sizeof(*j));
+		j->cfg = s->srv->cfg;
+		j->s = s;
+		snprintf(j->user, sizeof(j->user), "%s", s->user);
+		j->pass = xstrdup(cmd->arg);
+		explicit_bzero(cmd->arg, sizeof(cmd->arg));
+		s->busy = 1;
+		s->login_pending = 1;
+		s->login_req = lookup_pool_job(s->srv->pool, pop3d_login_work, pop3d_login_job_done, j);
+		return;
+	}
 	rc = store_user_check_password(s->srv->st, s->user, cmd->arg);
 	explicit_bzero(cmd->arg, sizeof(cmd->arg));
+	pop3d_pass_finish(s, rc);
+}
+
+/* Second half of PASS: rc 1 right, 0 wrong, -1 store error. */
+static void pop3d_pass_finish(struct pop3d_session *s, int rc)
+{
+	char path[PATH_MAX];
+	const char *err = NULL;
+	uint32_t count;
+	uint64_t size;
+
 	if (rc < 0) {
 		log_event(LOG_LVL_ERROR, "pop3.auth_error", "user", s->user, "client", s->ip, NULL);
 		pop3d_err(s, "[SYS/TEMP] authentication temporarily unavailable");
@@ -933,6 +1006,11 @@ int pop3d_main(struct kale_ctx *ctx)
 		log_event(LOG_LVL_ERROR, "pop3.event_failed", NULL);
 		goto cleanup;
 	}
+	srv.pool = lookup_pool_new(srv.base, ctx->cfg, 2, &err);
+	if (srv.pool == NULL) {
+		log_event(LOG_LVL_WARN, "pop3.pool", "error", err, "note", "password checks on the loop", NULL);
+		xfree(&err);
+	}
 	srv.lis = xcalloc((size_t)(ctx->n_ls > 0 ? ctx->n_ls : 1), sizeof(*srv.lis));
 	for (int i = 0; i < ctx->n_ls; i++) {
 		const struct kale_listener *kl = &ctx->ls[i];
@@ -974,6 +1052,7 @@ int pop3d_main(struct kale_ctx *ctx)
 cleanup:
 	while (!TAILQ_EMPTY(&srv.sessions))
 		pop3d_session_free(TAILQ_FIRST(&srv.sessions));
+	lookup_pool_free(&srv.pool);
 	for (int i = 0; i < srv.n_lis; i++)
 		if (srv.lis[i].l != NULL)
 			evconnlistener_free(srv.lis[i].l);
