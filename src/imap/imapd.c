@@ -521,16 +521,8 @@ struct imapd_login_job {
 static void imapd_login_work(void *arg)
 {
 	struct imapd_login_job *j = arg;
-	store *st = NULL;
-	char *err = NULL;
 
-	if (store_open(j->cfg, &st, &err) < 0) {
-		j->result = -1;
-	} else {
-		j->result = store_user_check_password(st, j->addr, j->pass);
-		store_close(&st);
-	}
-	free(err);
+	j->result = store_user_check_password_once(j->cfg, j->addr, j->pass);
 }
 
 static void imapd_login_job_done(void *arg, int cancelled)

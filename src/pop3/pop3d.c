@@ -373,16 +373,8 @@ struct pop3d_login_job {
 static void pop3d_login_work(void *arg)
 {
 	struct pop3d_login_job *j = arg;
-	store *st = NULL;
-	char *err = NULL;
 
-	if (store_open(j->cfg, &st, &err) < 0) {
-		j->result = -1;
-	} else {
-		j->result = store_user_check_password(st, j->user, j->pass);
-		store_close(&st);
-	}
-	free(err);
+	j->result = store_user_check_password_once(j->cfg, j->user, j->pass);
 }
 
 static void pop3d_login_job_done(void *arg, int cancelled)

@@ -62,6 +62,10 @@ int store_user_del(store *st, const char *address, char **error_r);
 int store_user_exists(store *st, const char *address);
 /* 1 password right, 0 wrong or no such user, -1 error. Constant-time compare. */
 int store_user_check_password(store *st, const char *address, const char *password);
+/* The same with a store handle of its own, opened and closed around the
+ * check: for worker threads, which must not share a caller's handle. */
+int store_user_check_password_once(const struct kale_config *cfg, const char *address,
+    const char *password);
 /* domain may be NULL for all users. */
 int store_user_list(store *st, const char *domain, int (*cb)(void *ctx, const char *address), void *ctx);
 /* Bulk import (kalectl user import). Lines "address[,password]"; blank lines,

@@ -411,3 +411,19 @@ out:
 	free(buf);
 	return rc;
 }
+
+int store_user_check_password_once(const struct kale_config *cfg, const char *address,
+    const char *password)
+{
+	store *st = NULL;
+	char *err = NULL;
+	int rc;
+
+	if (store_open(cfg, &st, &err) < 0) {
+		free(err);
+		return -1;
+	}
+	rc = store_user_check_password(st, address, password);
+	store_close(&st);
+	return rc;
+}
