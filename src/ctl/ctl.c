@@ -11,6 +11,7 @@
 #include <unistd.h>
 #include <sys/stat.h>
 
+#include "ctl/ctl_client.h"
 #include "lib/util.h"
 
 static const char ctl_usage_text[] =
@@ -176,6 +177,8 @@ int ctl_enter(struct ctl *c)
 		ctl_fail("cannot enter %s: %s", c->cfg.data_dir, strerror(errno));
 		return -1;
 	}
+	if (drop)
+		ctl_preconnect("control.sock");
 	if (drop && util_drop_privs(uid, gid, &perr) < 0) {
 		ctl_fail("cannot become %s: %s", c->cfg.run_as, perr);
 		return -1;

@@ -33,13 +33,39 @@ static int ctl_write_all(int fd, const char *p, size_t n)
 	return 0;
 }
 
+/* The control socket is root's (mode 0600), so that kaled's unprivileged
+ * children cannot drive the master; kalectl, which drops to run_as early,
+ * connects once while it is still root and keeps the connection here. */
+static int ctl_pre_fd = -1;
+static char ctl_pre_path[108];
+
+void ctl_preconnect(const char *sock_path)
+{
+	struct sockaddr_un sun;
+	int fd;
+
+	memset(&sun, 0, sizeof(sun));
+	sun.sun_family = AF_UNIX;
+	if (ctl_pre_fd >= 0 || util_fmt(sun.sun_path, sizeof(sun.sun_path), "%s", sock_path) < 0)
+		return;
+	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (fd < 0)
+		return;
+	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+		close(fd);
+		return;
+	}
+	ctl_pre_fd = fd;
+	util_fmt(ctl_pre_path, sizeof(ctl_pre_path), "%s", sock_path);
+}
+
 int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **error_r)
 {
 	struct sockaddr_un sun;
 	struct timeval tv = { .tv_sec = CTL_TIMEOUT_SEC };
 	char *buf = NULL, *line;
 	size_t len = 0, cap = 4096, cmdlen = strlen(cmd);
-	int fd = -1, rc = -2;
+	int fd = -1, rc = -2, pre = 0;
 
 	if (reply_r != NULL)
 		*reply_r = NULL;
@@ -56,14 +82,20 @@ int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **erro
 		return -2;
 	}
 	memcpy(sun.sun_path, sock_path, strlen(sock_path) + 1);
-	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	if (ctl_pre_fd >= 0 && strcmp(ctl_pre_path, sock_path) == 0) {
+		fd = ctl_pre_fd;
+		ctl_pre_fd = -1;
+		pre = 1;
+	} else {
+		fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
+	}
 	if (fd < 0) {
 		ctl_set(error_r, strerror(errno), strlen(strerror(errno)));
 		return -1;
 	}
 	setsockopt(fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
 	setsockopt(fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
+	if (!pre && connect(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
 		const char *e = strerror(errno);
 		ctl_set(error_r, e, strlen(e));
 		rc = -1;

@@ -14,6 +14,10 @@
  *   -2  the daemon answered "error TEXT" (*error_r = TEXT, *reply_r = the
  *       rest), or the reply was malformed, too long or late.
  * reply_r and error_r may be NULL; what they receive is malloc'd. */
+/* Connects now to sock_path (relative to the current folder) and keeps the
+ * connection for the next ctl_call() to it: kalectl calls it before it
+ * drops root. Nothing happens when the daemon does not listen. */
+void ctl_preconnect(const char *sock_path);
 int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **error_r);
 
 #endif

@@ -1869,13 +1869,24 @@ static void imapd_execute(struct imapd_sess *s, const char *buf, size_t len)
 	imap_cmd_free(&cmd);
 }
 
-static size_t imapd_cmd_limit(struct imapd_sess *s)
+/* The size a command may reach. Its first line is in s->cmd, or, before any
+ * of it is taken, the first ll bytes of in. */
+static size_t imapd_cmd_limit(struct imapd_sess *s, struct evbuffer *in, size_t ll)
 {
+	const char *p = s->cmd, *sp;
+	size_t n = s->cmd_len;
+
 	if (s->state == IMAPD_NOAUTH)
 		return IMAPD_CMD_MAX_PREAUTH;
+	if (n == 0) {
+		n = ll < 64 ? ll : 64;
+		p = n > 0 ? (const char *)evbuffer_pullup(in, (ev_ssize_t)n) : NULL;
+		if (p == NULL)
+			return IMAPD_CMD_MAX;
+	}
 	/* APPEND may carry a whole message */
-	const char *sp = memchr(s->cmd, ' ', s->cmd_len);
-	if (sp != NULL && s->cmd_len - (size_t)(sp - s->cmd) > 7 && strncasecmp(sp + 1, "APPEND ", 7) == 0)
+	sp = memchr(p, ' ', n);
+	if (sp != NULL && n - (size_t)(sp - p) > 7 && strncasecmp(sp + 1, "APPEND ", 7) == 0)
 		return (size_t)s->d->ctx->cfg->message_size + IMAPD_CMD_MAX;
 	return IMAPD_CMD_MAX;
 }
@@ -1984,7 +1995,7 @@ static void imapd_read_cb(struct bufferevent *bev, void *arg)
 			xfree(&line);
 			continue;
 		}
-		size_t limit = imapd_cmd_limit(s);
+		size_t limit = imapd_cmd_limit(s, in, ll);
 		if (s->cmd_len + ll + 2 > limit) {
 			char tag[IMAP_TAG_MAX + 1];
 			if (s->cmd_len == 0) {

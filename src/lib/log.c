@@ -27,6 +27,16 @@ void log_init(const char *proc, int use_syslog)
 		openlog("kale", LOG_PID, LOG_MAIL);
 }
 
+/* After fork, before the child closes the fds it does not own: syslog's
+ * socket is opened again on the next line. */
+void log_reopen(void)
+{
+	if (log_syslog) {
+		closelog();
+		openlog("kale", LOG_PID, LOG_MAIL);
+	}
+}
+
 void log_set_proc(const char *proc)
 {
 	snprintf(log_proc, sizeof(log_proc), "%s", proc);

@@ -9,12 +9,14 @@
 #include <dirent.h>
 #include <errno.h>
 #include <fcntl.h>
+#include <limits.h>
 #include <signal.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <unistd.h>
 #include <netdb.h>
+#include <sys/file.h>
 #include <sys/prctl.h>
 #include <sys/signalfd.h>
 #include <sys/socket.h>
@@ -80,6 +82,9 @@ struct master {
 	struct evconnlistener *ctl;
 	int sig_fd;                /* signalfd: the master takes signals as events */
 	struct event *sig_ev, *kill_ev;
+	int lock_fd;               /* data_dir, flock()ed: one instance per data_dir */
+	struct kale_listener *reuse;   /* during a reload: listeners to take over */
+	int n_reuse;
 };
 
 const char *kale_listen_kind_name(enum kale_listen_kind k)
@@ -102,6 +107,19 @@ static int master_bind_one(struct master *m, const struct conf_addr *a, enum kal
 		*error_r = xstrdup("too many listeners");
 		return -1;
 	}
+	{
+		/* A reload keeps a socket that stays in the config: binding it anew
+		 * would need SO_REUSEPORT, which would also let a second instance
+		 * share our ports silently. */
+		char name[sizeof(m->ls[0].name)];
+		snprintf(name, sizeof(name), strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host, a->port);
+		for (int i = 0; i < m->n_reuse; i++)
+			if (m->reuse[i].kind == kind && strcmp(m->reuse[i].name, name) == 0) {
+				m->ls[m->n_ls++] = m->reuse[i];
+				m->reuse[i].kind = LISTEN_KINDS;        /* taken */
+				return 0;
+			}
+	}
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
 	snprintf(port, sizeof(port), "%d", a->port);
@@ -114,7 +132,6 @@ static int master_bind_one(struct master *m, const struct conf_addr *a, enum kal
 	fd = socket(res->ai_family, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd >= 0) {
 		setsockopt(fd, SOL_SOCKET, SO_REUSEADDR, &one, sizeof(one));
-		setsockopt(fd, SOL_SOCKET, SO_REUSEPORT, &one, sizeof(one));
 		if (res->ai_family == AF_INET6)
 			setsockopt(fd, IPPROTO_IPV6, IPV6_V6ONLY, &one, sizeof(one));
 	}
@@ -165,6 +182,23 @@ static void master_close_listeners(struct master *m)
 	m->n_ls = 0;
 }
 
+/* Undoes a failed master_bind_all: closes what it bound, gives back what it
+ * took over from m->reuse. */
+static void master_unbind(struct master *m)
+{
+	for (int i = 0; i < m->n_ls; i++) {
+		int taken = 0;
+		for (int j = 0; j < m->n_reuse; j++)
+			if (m->reuse[j].fd == m->ls[i].fd && m->reuse[j].kind == LISTEN_KINDS) {
+				m->reuse[j].kind = m->ls[i].kind;
+				taken = 1;
+			}
+		if (!taken)
+			close(m->ls[i].fd);
+	}
+	m->n_ls = 0;
+}
+
 static int master_bind_all(struct master *m, char **error_r)
 {
 	for (int k = 0; k < LISTEN_KINDS; k++) {
@@ -176,7 +210,7 @@ static int master_bind_all(struct master *m, char **error_r)
 		}
 		for (int i = 0; i < l->n; i++)
 			if (master_bind_one(m, &l->addr[i], (enum kale_listen_kind)k, error_r) < 0) {
-				master_close_listeners(m);
+				master_unbind(m);
 				return -1;
 			}
 	}
@@ -196,14 +230,18 @@ static int master_bind_local(struct master *m, char **error_r)
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "sendmail.sock");
 	unlink(sun.sun_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 128) < 0) {
-		if (asprintf(error_r, "local socket %s/sendmail.sock: %s", m->cfg.data_dir, strerror(errno)) < 0)
-			*error_r = NULL;
-		if (fd >= 0)
-			close(fd);
-		return -1;
+	{
+		mode_t old = umask(0);          /* 0666, without a chmod() that follows links */
+		int rc = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+		umask(old);
+		if (rc < 0 || listen(fd, 128) < 0) {
+			if (asprintf(error_r, "local socket %s/sendmail.sock: %s", m->cfg.data_dir, strerror(errno)) < 0)
+				*error_r = NULL;
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
 	}
-	chmod("sendmail.sock", 0666);
 	m->ls[m->n_ls].fd = fd;
 	m->ls[m->n_ls].kind = LISTEN_LOCAL;
 	m->ls[m->n_ls].implicit_tls = 0;
@@ -222,47 +260,124 @@ static int master_has_kind(struct master *m, enum kale_listen_kind a, enum kale_
 
 /* ---------- data_dir ---------- */
 
+/* Opens a folder below data_dir without following a symbolic link at any
+ * step: the run_as user owns data_dir and may have planted links in it, and
+ * the master is root. */
+static int master_open_dir(const char *rel)
+{
+	char buf[PATH_MAX];
+	int fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+
+	if (util_fmt(buf, sizeof(buf), "%s", rel) < 0) {
+		close(fd);
+		errno = ENAMETOOLONG;
+		return -1;
+	}
+	for (char *p = buf, *slash; fd >= 0 && p != NULL; p = slash) {
+		int nfd;
+		slash = strchr(p, '/');
+		if (slash != NULL)
+			*slash++ = '\0';
+		nfd = openat(fd, p, O_RDONLY | O_DIRECTORY | O_NOFOLLOW | O_CLOEXEC);
+		close(fd);
+		fd = nfd;
+	}
+	return fd;
+}
+
+static int master_fail_path(char **error_r, const char *dir, const char *rel, const char *why)
+{
+	if (asprintf(error_r, "%s/%s: %s; refusing to start (a link planted in data_dir?)", dir, rel, why) < 0)
+		*error_r = NULL;
+	return -1;
+}
+
+/* Creates data_dir's folders and gives them to run_as. Nothing is followed:
+ * a folder that is a link, or a policy-store file that is a link, a hard
+ * link or not a plain file, stops the start-up. */
 static int master_prepare_dir(struct master *m, char **error_r)
 {
 	static const char *dirs[] = { "queue", QUEUE_DIR_TMP, QUEUE_DIR_INCOMING, QUEUE_DIR_HOLD,
 		QUEUE_DIR_DONE, "mail", NULL };
-	static const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm", NULL };
+	static const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm", "kale.db-journal", NULL };
+	int fd;
 
 	if (fs_mkdirs(m->cfg.data_dir, 0750) < 0 || chdir(m->cfg.data_dir) < 0) {
 		if (asprintf(error_r, "%s: data_dir %s: %s", m->cfg.path, m->cfg.data_dir, strerror(errno)) < 0)
 			*error_r = NULL;
 		return -1;
 	}
+	if (m->drop && chown(".", m->uid, m->gid) < 0)
+		log_event(LOG_LVL_WARN, "master.chown", "path", m->cfg.data_dir, "error", strerror(errno), NULL);
 	for (int i = 0; dirs[i]; i++) {
 		if (mkdir(dirs[i], 0750) < 0 && errno != EEXIST) {
 			if (asprintf(error_r, "%s/%s: %s", m->cfg.data_dir, dirs[i], strerror(errno)) < 0)
 				*error_r = NULL;
 			return -1;
 		}
-		if (m->drop && chown(dirs[i], m->uid, m->gid) < 0)
+		fd = master_open_dir(dirs[i]);
+		if (fd < 0)
+			return master_fail_path(error_r, m->cfg.data_dir, dirs[i],
+			    errno == ELOOP || errno == ENOTDIR ? "not a folder" : strerror(errno));
+		if (m->drop && fchown(fd, m->uid, m->gid) < 0)
 			log_event(LOG_LVL_WARN, "master.chown", "path", dirs[i], "error", strerror(errno), NULL);
+		close(fd);
 	}
-	if (m->drop) {
-		if (chown(".", m->uid, m->gid) < 0)
-			log_event(LOG_LVL_WARN, "master.chown", "path", m->cfg.data_dir, "error", strerror(errno), NULL);
-		for (int i = 0; files[i]; i++)
-			if (chown(files[i], m->uid, m->gid) < 0 && errno != ENOENT)
-				log_event(LOG_LVL_WARN, "master.chown", "path", files[i], "error", strerror(errno), NULL);
+	for (int i = 0; files[i]; i++) {
+		struct stat sb;
+		if (lstat(files[i], &sb) < 0) {
+			if (errno == ENOENT)
+				continue;
+			return master_fail_path(error_r, m->cfg.data_dir, files[i], strerror(errno));
+		}
+		if (!S_ISREG(sb.st_mode) || sb.st_nlink != 1)
+			return master_fail_path(error_r, m->cfg.data_dir, files[i],
+			    S_ISLNK(sb.st_mode) ? "a symbolic link" : "not a plain file with one link");
+		if (!m->drop || sb.st_uid == m->uid)
+			continue;
+		/* A store made by an older kaled as root: hand it over. */
+		fd = open(files[i], O_RDONLY | O_NOFOLLOW | O_NONBLOCK | O_CLOEXEC);
+		if (fd < 0 || fstat(fd, &sb) < 0 || !S_ISREG(sb.st_mode) || sb.st_nlink != 1) {
+			if (fd >= 0)
+				close(fd);
+			return master_fail_path(error_r, m->cfg.data_dir, files[i], "changed while checked");
+		}
+		if (fchown(fd, m->uid, m->gid) < 0)
+			log_event(LOG_LVL_WARN, "master.chown", "path", files[i], "error", strerror(errno), NULL);
+		close(fd);
+	}
+	return 0;
+}
+
+/* Only one kaled may run on a data_dir: two queue managers would deliver
+ * every message twice. The lock is on the folder itself, and the children
+ * inherit it, so it holds as long as any process of this instance lives. */
+static int master_lock(struct master *m, char **error_r)
+{
+	m->lock_fd = open(".", O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+	if (m->lock_fd < 0 || flock(m->lock_fd, LOCK_EX | LOCK_NB) < 0) {
+		if (asprintf(error_r, "%s: data_dir %s: %s", m->cfg.path, m->cfg.data_dir,
+		    errno == EWOULDBLOCK ? "another kaled runs on it" : strerror(errno)) < 0)
+			*error_r = NULL;
+		return -1;
 	}
 	return 0;
 }
 
 /* Files in queue/tmp are messages that never got their 250: no smtpd runs
- * yet, so all of them are leftovers of a crash. */
+ * yet, so all of them are leftovers of a crash. Runs as run_as. */
 static void master_clean_tmp(void)
 {
-	DIR *d = opendir(QUEUE_DIR_TMP);
+	int dfd = master_open_dir(QUEUE_DIR_TMP);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
 	struct dirent *de;
-	int n = 0, dfd;
+	int n = 0;
 
-	if (d == NULL)
+	if (d == NULL) {
+		if (dfd >= 0)
+			close(dfd);
 		return;
-	dfd = dirfd(d);
+	}
 	while ((de = readdir(d)) != NULL)
 		if (de->d_name[0] != '.' && unlinkat(dfd, de->d_name, 0) == 0)
 			n++;
@@ -274,14 +389,78 @@ static void master_clean_tmp(void)
 	}
 }
 
+/* Opens (creates, migrates) the policy store and cleans queue/tmp as the
+ * run_as user, so root never opens a file in a folder run_as can write. */
+static int master_init_store(struct master *m, char **error_r)
+{
+	int pfd[2], status = 0;
+	char buf[512];
+	ssize_t n;
+	pid_t pid;
+	store *st = NULL;
+
+	if (!m->drop) {
+		if (store_open(&m->cfg, &st, error_r) < 0)
+			return -1;
+		store_close(&st);
+		master_clean_tmp();
+		return 0;
+	}
+	if (pipe2(pfd, O_CLOEXEC) < 0) {
+		*error_r = xstrdup("pipe failed");
+		return -1;
+	}
+	pid = fork();
+	if (pid < 0) {
+		close(pfd[0]);
+		close(pfd[1]);
+		*error_r = xstrdup("fork failed");
+		return -1;
+	}
+	if (pid == 0) {
+		const char *err = NULL;
+		char *error = NULL;
+		close(pfd[0]);
+		if (util_drop_privs(m->uid, m->gid, &err) < 0) {
+			if (write(pfd[1], err, strlen(err)) < 0)
+				_exit(1);
+			_exit(1);
+		}
+		if (store_open(&m->cfg, &st, &error) < 0) {
+			const char *e = error ? error : "cannot open the policy store";
+			if (write(pfd[1], e, strlen(e)) < 0)
+				_exit(1);
+			_exit(1);
+		}
+		store_close(&st);
+		master_clean_tmp();
+		_exit(0);
+	}
+	close(pfd[1]);
+	n = read(pfd[0], buf, sizeof(buf) - 1);
+	close(pfd[0]);
+	while (waitpid(pid, &status, 0) < 0 && errno == EINTR)
+		;
+	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
+		return 0;
+	buf[n > 0 ? n : 0] = '\0';
+	if (asprintf(error_r, "policy store (as %s): %s", m->cfg.run_as, n > 0 ? buf : "failed") < 0)
+		*error_r = NULL;
+	return -1;
+}
+
 static int master_count_dir(const char *path)
 {
-	DIR *d = opendir(path);
+	int dfd = master_open_dir(path);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
 	struct dirent *de;
 	int n = 0;
 
-	if (d == NULL)
+	if (d == NULL) {
+		if (dfd >= 0)
+			close(dfd);
 		return -1;
+	}
 	while ((de = readdir(d)) != NULL)
 		if (de->d_name[0] != '.')
 			n++;
@@ -309,6 +488,49 @@ static int master_retired_role(struct master *m, enum master_role role)
 		if (m->retired[i].role == role)
 			return 1;
 	return 0;
+}
+
+static int master_role_has(enum master_role role, enum kale_listen_kind k)
+{
+	switch (role) {
+	case ROLE_SMTPD:
+		return k == LISTEN_SMTP || k == LISTEN_SUBMISSION || k == LISTEN_SUBMISSIONS || k == LISTEN_LOCAL;
+	case ROLE_POP3D: return k == LISTEN_POP3 || k == LISTEN_POP3S;
+	case ROLE_IMAPD: return k == LISTEN_IMAP || k == LISTEN_IMAPS;
+	default: return 0;
+	}
+}
+
+static int master_cmp_int(const void *a, const void *b)
+{
+	return *(const int *)a - *(const int *)b;
+}
+
+/* A child keeps stdin/out/err, the instance lock and its own listeners, and
+ * closes everything else the master holds: other services' listeners,
+ * control connections (kalectl would wait for their end forever), the
+ * signalfd, libevent's fds. */
+static void master_child_fds(struct master *m, enum master_role role)
+{
+	int keep[MASTER_MAX_LISTENERS + 2], n = 0, from = 3;
+
+	log_reopen();
+	keep[n++] = m->lock_fd;
+	for (int i = 0; i < m->n_ls; i++) {
+		if (master_role_has(role, m->ls[i].kind))
+			keep[n++] = m->ls[i].fd;
+		else
+			m->ls[i].fd = -1;
+	}
+	qsort(keep, (size_t)n, sizeof(keep[0]), master_cmp_int);
+	for (int i = 0; i < n; i++) {
+		if (keep[i] < from)
+			continue;
+		if (keep[i] > from)
+			close_range((unsigned)from, (unsigned)keep[i] - 1, 0);
+		from = keep[i] + 1;
+	}
+	close_range((unsigned)from, ~0U, 0);
 }
 
 static void master_start(struct master *m, struct master_slot *s)
@@ -351,16 +573,15 @@ static void master_start(struct master *m, struct master_slot *s)
 		signal(SIGINT, SIG_IGN);
 		sigemptyset(&all);
 		sigprocmask(SIG_SETMASK, &all, NULL);
-		prctl(PR_SET_PDEATHSIG, SIGTERM);
-		if (getppid() != m->pid)
-			_exit(1);
-		if (m->ctl)
-			close(evconnlistener_get_fd(m->ctl));
-		close(m->sig_fd);
+		master_child_fds(m, s->role);
 		if (m->drop && util_drop_privs(m->uid, m->gid, &err) < 0) {
 			log_event(LOG_LVL_ERROR, "child.privs", "error", err, NULL);
 			_exit(1);
 		}
+		/* After the drop: a change of credentials clears the death signal. */
+		prctl(PR_SET_PDEATHSIG, SIGTERM);
+		if (getppid() != m->pid)
+			_exit(1);
 		memset(&ctx, 0, sizeof(ctx));
 		ctx.cfg = &m->cfg;
 		ctx.ls = m->ls;
@@ -528,7 +749,11 @@ static int master_reload(struct master *m, char **error_r)
 		memcpy(old, m->ls, sizeof(old));
 		m->cfg = ncfg;
 		m->n_ls = 0;
+		m->reuse = old;
+		m->n_reuse = n_old;
 		if (master_bind_all(m, error_r) < 0) {
+			m->reuse = NULL;
+			m->n_reuse = 0;
 			m->cfg = tmp;
 			memcpy(m->ls, old, sizeof(old));
 			m->n_ls = n_old;
@@ -536,8 +761,12 @@ static int master_reload(struct master *m, char **error_r)
 			SSL_CTX_free(ntls);
 			return -1;
 		}
+		m->reuse = NULL;
+		m->n_reuse = 0;
 		m->cfg = tmp;
 		for (int i = 0; i < n_old; i++) {
+			if (old[i].kind == LISTEN_KINDS)
+				continue;                       /* taken over */
 			if (old[i].kind == LISTEN_LOCAL && m->n_ls < MASTER_MAX_LISTENERS)
 				m->ls[m->n_ls++] = old[i];      /* same path: keep it */
 			else
@@ -773,16 +1002,21 @@ static int master_ctl_open(struct master *m, char **error_r)
 	snprintf(sun.sun_path, sizeof(sun.sun_path), "control.sock");
 	unlink(sun.sun_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
-	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || listen(fd, 16) < 0) {
-		if (asprintf(error_r, "control socket %s/control.sock: %s", m->cfg.data_dir, strerror(errno)) < 0)
-			*error_r = NULL;
-		if (fd >= 0)
-			close(fd);
-		return -1;
+	/* The socket stays the master's user's, mode 0600: the children (run_as)
+	 * cannot ask the master for anything. Made under a umask rather than
+	 * chmod()ed afterwards: a path in data_dir may be swapped for a link. */
+	{
+		mode_t old = umask(077);
+		int rc = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&sun, sizeof(sun));
+		umask(old);
+		if (rc < 0 || listen(fd, 16) < 0) {
+			if (asprintf(error_r, "control socket %s/control.sock: %s", m->cfg.data_dir, strerror(errno)) < 0)
+				*error_r = NULL;
+			if (fd >= 0)
+				close(fd);
+			return -1;
+		}
 	}
-	chmod("control.sock", 0600);
-	if (m->drop && chown("control.sock", m->uid, m->gid) < 0)
-		log_event(LOG_LVL_WARN, "master.chown", "path", "control.sock", "error", strerror(errno), NULL);
 	m->ctl = evconnlistener_new(m->base, master_ctl_accept_cb, m, LEV_OPT_CLOSE_ON_FREE, -1, fd);
 	return m->ctl ? 0 : -1;
 }
@@ -820,7 +1054,6 @@ int master_run(const char *path)
 {
 	struct master *m = xcalloc(1, sizeof(*m));
 	char *error = NULL;
-	store *st = NULL;
 	int rc = 1;
 	static const int sigs[] = { SIGCHLD, SIGHUP, SIGTERM, SIGINT, SIGQUIT };
 
@@ -842,19 +1075,14 @@ int master_run(const char *path)
 		}
 		m->drop = m->uid != 0;
 	}
-	if (master_prepare_dir(m, &error) < 0)
+	if (master_prepare_dir(m, &error) < 0 || master_lock(m, &error) < 0 ||
+	    master_init_store(m, &error) < 0)
 		goto fail;
-	if (store_open(&m->cfg, &st, &error) < 0)
-		goto fail;
-	store_close(&st);
-	if (m->drop)
-		master_prepare_dir(m, &error);      /* chown what store_open created */
 	m->tls = tls_server_ctx(m->cfg.tls_cert, m->cfg.tls_key, m->cfg.hostname, &error);
 	if (m->tls == NULL)
 		goto fail;
 	if (master_bind_all(m, &error) < 0 || master_bind_local(m, &error) < 0)
 		goto fail;
-	master_clean_tmp();
 	m->nworkers = (int)sysconf(_SC_NPROCESSORS_ONLN);
 	if (m->nworkers < 1)
 		m->nworkers = 1;
@@ -922,6 +1150,8 @@ out:
 	if (m->base)
 		event_base_free(m->base);
 	master_close_listeners(m);
+	if (m->lock_fd > 0)
+		close(m->lock_fd);
 	SSL_CTX_free(m->tls);
 	conf_free(&m->cfg);
 	free(m);

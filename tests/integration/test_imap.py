@@ -319,3 +319,34 @@ def test_sigterm_says_bye(node):
     with pytest.raises((imaplib.IMAP4.abort, OSError)):
         m.noop()
         m.noop()
+
+
+def test_long_command_then_next_command_no_crash(node):
+    """A command near 64 KiB used to free the command buffer and crash imapd
+    (memchr on NULL) at the next command, dropping every IMAP session."""
+    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", node.ports["imaps"]), timeout=30),
+                              server_hostname="kale")
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
+    assert read_tagged(f, b"a")[-1].startswith(b"a OK")
+    s.sendall(b"b NOOP " + b"x" * 65529 + b"\r\n")
+    read_tagged(f, b"b")
+    s.sendall(b"c NOOP\r\n")
+    assert read_tagged(f, b"c")[-1].startswith(b"c OK")
+    s.close()
+    m = imaps(node)          # imapd still serves new sessions
+    m.logout()
+
+
+def test_append_over_one_mib(node):
+    """APPEND of a message of 1 MiB or more was refused: the limit was taken
+    before the command's first line was in the buffer."""
+    m = imaps(node)
+    body = b"Subject: big\r\n\r\n" + (b"y" * 76 + b"\r\n") * 20000      # ~1.5 MiB
+    typ, data = m.append("INBOX", None, None, body)
+    assert typ == "OK", data
+    m.select("INBOX")
+    typ, data = m.search(None, "ALL")
+    assert typ == "OK" and len(data[0].split()) == 1
+    m.logout()
