@@ -36,6 +36,7 @@
 #include "lookup/lookup.h"
 
 #define IMAPD_LINE_MAX        65536            /* one command line */
+#define IMAPD_OUT_HIGH        (256 * 1024)     /* queued output that stops command reading */
 #define IMAPD_CMD_MAX_PREAUTH 8192             /* a whole command before login */
 #define IMAPD_CMD_MAX         (1024 * 1024)    /* a whole command after login */
 #define IMAPD_MAX_ERRORS      20
@@ -75,6 +76,7 @@ struct imapd_sess {
 	char auth_tag[IMAP_TAG_MAX + 1];
 	int starttls_pending;
 	int login_pending;        /* password check running on the pool */
+	int out_blocked;          /* output above IMAPD_OUT_HIGH: commands wait */
 	uint64_t login_req;
 	int closing;
 	struct event *close_ev;
@@ -1956,6 +1958,13 @@ static void imapd_read_cb(struct bufferevent *bev, void *arg)
 	struct imapd_sess *s = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
 	while (!s->closing && !s->starttls_pending && !s->login_pending) {
+		/* Flow control: a client that sends commands and reads no replies
+		 * gets no more work done until it has read them. */
+		if (evbuffer_get_length(imapd_out(s)) > IMAPD_OUT_HIGH) {
+			s->out_blocked = 1;
+			bufferevent_disable(s->bev, EV_READ);
+			return;
+		}
 		if (s->lit_left > 0) {
 			size_t avail = evbuffer_get_length(in);
 			if (avail == 0)
@@ -2104,8 +2113,15 @@ static void imapd_write_cb(struct bufferevent *bev, void *arg)
 	(void)bev;
 	if (evbuffer_get_length(imapd_out(s)) > 0 || s->closing)
 		return;  /* closing: imapd_close_cb frees the session */
-	if (s->starttls_pending)
+	if (s->starttls_pending) {
 		imapd_start_tls(s);
+		return;
+	}
+	if (s->out_blocked) {
+		s->out_blocked = 0;
+		bufferevent_enable(s->bev, EV_READ);
+		imapd_read_cb(s->bev, s);
+	}
 }
 
 static void imapd_event_cb(struct bufferevent *bev, short what, void *arg)

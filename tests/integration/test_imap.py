@@ -350,3 +350,41 @@ def test_append_over_one_mib(node):
     typ, data = m.search(None, "ALL")
     assert typ == "OK" and len(data[0].split()) == 1
     m.logout()
+
+
+def imapd_pid(k):
+    m = re.findall(r"event=child\.start role=imapd worker=\S+ child=(\d+)", k.log_text())
+    assert m, "no imapd in the log"
+    return int(m[-1])
+
+
+def rss_kb(pid):
+    with open("/proc/%d/status" % pid) as f:
+        for line in f:
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1])
+    return 0
+
+
+def test_pipelined_fetch_without_reading_stays_bounded(node):
+    """A logged-in client that pipelines big FETCHes and reads nothing used to
+    make imapd build every reply in memory (+503 MB for 20 x 25 MB)."""
+    deliver(node, "big", body=("z" * 998 + "\r\n") * 8000)        # ~8 MB
+    pid = imapd_pid(node)
+    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", node.ports["imaps"]), timeout=30),
+                              server_hostname="kale")
+    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
+    read_tagged(f, b"a")
+    s.sendall(b"b SELECT INBOX\r\n")
+    read_tagged(f, b"b")
+    before = rss_kb(pid)
+    s.sendall(b"".join(b"f%d FETCH 1 BODY.PEEK[]\r\n" % i for i in range(20)))
+    time.sleep(3)
+    grown = rss_kb(pid) - before
+    s.close()
+    assert grown < 80 * 1024, "imapd grew by %d KB" % grown
+    m = imaps(node)          # and it still serves others
+    m.logout()
