@@ -21,6 +21,7 @@ build-asan: deps
 	cmake --build build-asan -j$(JOBS)
 
 run: build
+	@sh scripts/deps.sh run
 	sh scripts/run.sh
 
 # Every unit and integration test, in the normal and in the ASan+UBSan tree.

@@ -6,6 +6,8 @@ BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev l
 TEST="python3 python3-pytest postfix swaks mariadb-server postgresql slapd ldap-utils dovecot-imapd dovecot-pop3d"
 want="$BUILD"
 [ "${1:-build}" = test ] && want="$BUILD $TEST"
+# `make run`: the build, plus what the README's tour uses.
+[ "${1:-build}" = run ] && want="$BUILD swaks"
 missing=""
 for p in $want; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "ok installed" || missing="$missing $p"

@@ -426,6 +426,29 @@ static int master_init_store(struct master *m, char **error_r)
 				_exit(1);
 			_exit(1);
 		}
+		{
+			/* The store is opened by its absolute path: every folder on
+			 * the way must let run_as through. Name the one that does not. */
+			char path[PATH_MAX];
+			util_fmt(path, sizeof(path), "%s", m->cfg.data_dir);
+			for (char *p = path + 1; path[0] == '/'; p++) {
+				char c = *p;
+				if (c != '/' && c != '\0')
+					continue;
+				*p = '\0';
+				if (access(path, X_OK) < 0) {
+					char msg[PATH_MAX + 64];
+					util_fmt(msg, sizeof(msg), "%s: cannot pass through %s: %s", m->cfg.run_as,
+					    path, strerror(errno));
+					if (write(pfd[1], msg, strlen(msg)) < 0)
+						_exit(1);
+					_exit(1);
+				}
+				*p = c;
+				if (c == '\0')
+					break;
+			}
+		}
 		if (store_open(&m->cfg, &st, &error) < 0) {
 			const char *e = error ? error : "cannot open the policy store";
 			if (write(pfd[1], e, strlen(e)) < 0)

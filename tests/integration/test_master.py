@@ -145,3 +145,17 @@ def test_reload_reports_success_and_keeps_listening(node):
     assert s.recv(100).startswith(b"220")
     s.close()
     node.stop()
+
+
+@root_only
+def test_unreachable_data_dir_is_named(tmp_path):
+    """run_as must pass through every folder on the way to data_dir; a
+    closed one (a clone under /root) is named at start instead of a bare
+    'unable to open database file'."""
+    make_traversable(tmp_path)
+    closed = tmp_path / "closed"
+    closed.mkdir()
+    k = Kale(closed)
+    os.chmod(closed, 0o700)
+    err = start_fails(k)
+    assert "cannot pass through %s" % closed in err, err
