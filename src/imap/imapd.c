@@ -80,6 +80,7 @@ struct imapd_sess {
 	uint64_t login_req;
 	int closing;
 	struct event *close_ev;
+	struct event *login_deadline;  /* not authenticated: at most 2 x command_timeout */
 	int errors, bad_logins;
 };
 
@@ -226,6 +227,8 @@ static void imapd_sess_free(struct imapd_sess *s)
 	imapd_unselect(s);
 	if (s->close_ev != NULL)
 		event_free(s->close_ev);
+	if (s->login_deadline != NULL)
+		event_free(s->login_deadline);
 	if (s->bev != NULL)
 		bufferevent_free(s->bev);
 	xfree(&s->cmd);
@@ -2145,6 +2148,22 @@ static void imapd_event_cb(struct bufferevent *bev, short what, void *arg)
 		imapd_sess_free(s);
 }
 
+/* A client that trickles bytes keeps resetting the idle timeout; before
+ * login the whole session is bounded too, as in pop3d. */
+static void imapd_on_login_deadline(evutil_socket_t fd, short what, void *arg)
+{
+	struct imapd_sess *s = arg;
+
+	(void)fd;
+	(void)what;
+	if (s->state != IMAPD_NOAUTH || s->closing)
+		return;
+	log_event(LOG_LVL_INFO, "imap.login_timeout", "client", s->ip, NULL);
+	if (!s->starttls_pending)
+		imapd_printf(s, "* BYE Login timeout");
+	imapd_close(s);
+}
+
 /* ---- accepting ---- */
 
 static int imapd_is_tls_kind(const struct kale_listener *l)
@@ -2225,6 +2244,11 @@ static void imapd_accept_cb(struct evconnlistener *el, evutil_socket_t fd, struc
 	bufferevent_setcb(s->bev, imapd_read_cb, imapd_write_cb, imapd_event_cb, s);
 	imapd_set_timeout(s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	s->login_deadline = evtimer_new(d->base, imapd_on_login_deadline, s);
+	if (s->login_deadline != NULL) {
+		struct timeval tv = { 2 * (cfg->command_timeout > 0 ? cfg->command_timeout : 300), 0 };
+		evtimer_add(s->login_deadline, &tv);
+	}
 	log_event(LOG_LVL_DEBUG, "imap.connect", "client", ip, "tls", tls ? "yes" : "no", NULL);
 	evbuffer_add_printf(imapd_out(s), "* OK [CAPABILITY ");
 	imapd_capability(s, imapd_out(s));

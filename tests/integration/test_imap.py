@@ -388,3 +388,39 @@ def test_pipelined_fetch_without_reading_stays_bounded(node):
     assert grown < 80 * 1024, "imapd grew by %d KB" % grown
     m = imaps(node)          # and it still serves others
     m.logout()
+
+
+def test_preauth_trickle_is_cut(tmp_path):
+    """One byte every second kept a not-logged-in IMAP session alive forever
+    under an idle timer; the login phase now has a deadline of 2 x
+    command_timeout."""
+    from conftest import kale_set_limits
+    make_traversable(tmp_path)
+    k = Kale(tmp_path, listeners=("smtp", "imap"))
+    kale_set_limits(k, command_timeout=2)
+    k.ctl("domain", "add", "example.test", "--local")
+    k.start()
+    try:
+        s, f = raw(k)
+        t0 = time.time()
+        closed = False
+        while time.time() - t0 < 15:
+            try:
+                s.sendall(b"x")
+            except OSError:
+                closed = True
+                break
+            s.settimeout(1.0)
+            try:
+                if s.recv(4096) == b"":
+                    closed = True
+                    break
+            except socket.timeout:
+                pass
+            except OSError:
+                closed = True
+                break
+        assert closed and time.time() - t0 < 9, "pre-auth session lived %.1fs" % (time.time() - t0)
+        s.close()
+    finally:
+        k.stop()
