@@ -96,6 +96,8 @@ const char *kale_listen_kind_name(enum kale_listen_kind k)
 
 /* ---------- listeners ---------- */
 
+static int master_open_dir(const char *rel);
+
 static int master_bind_one(struct master *m, const struct conf_addr *a, enum kale_listen_kind kind,
     char **error_r)
 {
@@ -222,30 +224,46 @@ static int master_bind_all(struct master *m, char **error_r)
 static int master_bind_local(struct master *m, char **error_r)
 {
 	struct sockaddr_un sun = { 0 };
-	int fd;
+	int fd, dfd;
 
 	if (m->n_ls >= MASTER_MAX_LISTENERS)
 		return 0;
+	/* public/ is root's, 0755, inside data_dir (0751, run_as's): every
+	 * local user reaches the socket and nothing else. The socket is made
+	 * through the folder's fd, so a public/ swapped for a link is not
+	 * followed. The old place is removed. */
+	unlink("sendmail.sock");
+	dfd = master_open_dir("public");
+	if (dfd < 0 || (m->drop && fchown(dfd, 0, 0) < 0) || fchmod(dfd, 0755) < 0) {
+		if (asprintf(error_r, "%s/public: %s", m->cfg.data_dir, strerror(errno)) < 0)
+			*error_r = NULL;
+		if (dfd >= 0)
+			close(dfd);
+		return -1;
+	}
+	unlinkat(dfd, "sendmail.sock", 0);
 	sun.sun_family = AF_UNIX;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "sendmail.sock");
-	unlink(sun.sun_path);
+	snprintf(sun.sun_path, sizeof(sun.sun_path), "/proc/self/fd/%d/sendmail.sock", dfd);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	{
 		mode_t old = umask(0);          /* 0666, without a chmod() that follows links */
 		int rc = fd < 0 ? -1 : bind(fd, (struct sockaddr *)&sun, sizeof(sun));
 		umask(old);
 		if (rc < 0 || listen(fd, 128) < 0) {
-			if (asprintf(error_r, "local socket %s/sendmail.sock: %s", m->cfg.data_dir, strerror(errno)) < 0)
+			if (asprintf(error_r, "local socket %s/public/sendmail.sock: %s", m->cfg.data_dir,
+			    strerror(errno)) < 0)
 				*error_r = NULL;
 			if (fd >= 0)
 				close(fd);
+			close(dfd);
 			return -1;
 		}
 	}
+	close(dfd);
 	m->ls[m->n_ls].fd = fd;
 	m->ls[m->n_ls].kind = LISTEN_LOCAL;
 	m->ls[m->n_ls].implicit_tls = 0;
-	snprintf(m->ls[m->n_ls].name, sizeof(m->ls[m->n_ls].name), "%s/sendmail.sock", m->cfg.data_dir);
+	snprintf(m->ls[m->n_ls].name, sizeof(m->ls[m->n_ls].name), "%s/public/sendmail.sock", m->cfg.data_dir);
 	m->n_ls++;
 	return 0;
 }
@@ -298,7 +316,7 @@ static int master_fail_path(char **error_r, const char *dir, const char *rel, co
 static int master_prepare_dir(struct master *m, char **error_r)
 {
 	static const char *dirs[] = { "queue", QUEUE_DIR_TMP, QUEUE_DIR_INCOMING, QUEUE_DIR_HOLD,
-		QUEUE_DIR_DONE, "mail", NULL };
+		QUEUE_DIR_DONE, "mail", "public", NULL };
 	static const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm", "kale.db-journal", NULL };
 	int fd;
 
@@ -309,6 +327,8 @@ static int master_prepare_dir(struct master *m, char **error_r)
 	}
 	if (m->drop && chown(".", m->uid, m->gid) < 0)
 		log_event(LOG_LVL_WARN, "master.chown", "path", m->cfg.data_dir, "error", strerror(errno), NULL);
+	if (chmod(".", 0751) < 0)           /* others pass through to public/ only */
+		log_event(LOG_LVL_WARN, "master.chmod", "path", m->cfg.data_dir, "error", strerror(errno), NULL);
 	for (int i = 0; dirs[i]; i++) {
 		if (mkdir(dirs[i], 0750) < 0 && errno != EEXIST) {
 			if (asprintf(error_r, "%s/%s: %s", m->cfg.data_dir, dirs[i], strerror(errno)) < 0)
@@ -319,7 +339,7 @@ static int master_prepare_dir(struct master *m, char **error_r)
 		if (fd < 0)
 			return master_fail_path(error_r, m->cfg.data_dir, dirs[i],
 			    errno == ELOOP || errno == ENOTDIR ? "not a folder" : strerror(errno));
-		if (m->drop && fchown(fd, m->uid, m->gid) < 0)
+		if (m->drop && strcmp(dirs[i], "public") != 0 && fchown(fd, m->uid, m->gid) < 0)
 			log_event(LOG_LVL_WARN, "master.chown", "path", dirs[i], "error", strerror(errno), NULL);
 		close(fd);
 	}

@@ -446,7 +446,7 @@ static int sm_connect(struct sm *s, const char *data_dir)
 
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
-	if (util_fmt(sun.sun_path, sizeof(sun.sun_path), "%s/sendmail.sock", data_dir) < 0) {
+	if (util_fmt(sun.sun_path, sizeof(sun.sun_path), "%s/public/sendmail.sock", data_dir) < 0) {
 		sm_err("data_dir %s is too long for a socket path", data_dir);
 		return -1;
 	}

@@ -12,6 +12,7 @@
 #include <string.h>
 #include <strings.h>
 #include <time.h>
+#include <pwd.h>
 #include <unistd.h>
 #include <arpa/inet.h>
 #include <netinet/in.h>
@@ -111,6 +112,8 @@ struct smtpd_session {
 	int helo_done;
 	int tls;
 	int trusted;
+	long local_uid;            /* sendmail.sock: the peer's uid, -1 elsewhere */
+	char local_user[64];       /* and its login name */
 	int errors;
 	/* SMTP AUTH */
 	int auth_offer;            /* AUTH may be used on this connection */
@@ -650,6 +653,29 @@ static void smtpd_cmd_helo(struct smtpd_session *s, const char *arg, int esmtp)
 	smtpd_reply(s, "250 ENHANCEDSTATUSCODES");
 }
 
+/* Local injection: root and the run_as user may give any sender (-f), as
+ * Postfix's trusted users; any other user only USER@hostname or USER@ a
+ * local domain, so a shell account cannot forge mail through sendmail. */
+static int smtpd_local_sender(struct smtpd_session *s, const struct smtp_path *p)
+{
+	const char *at;
+	size_t ul;
+	struct store_domain d;
+
+	if (s->kind != LISTEN_LOCAL || s->local_uid < 0 || s->local_uid == 0 ||
+	    s->local_uid == (long)geteuid())
+		return 1;
+	if (p->is_null || s->local_user[0] == '\0')
+		return 0;
+	at = strrchr(p->addr, '@');
+	ul = strlen(s->local_user);
+	if (at == NULL || (size_t)(at - p->addr) != ul || strncasecmp(p->addr, s->local_user, ul) != 0)
+		return 0;
+	if (strcasecmp(at + 1, s->w->cfg->hostname) == 0)
+		return 1;
+	return store_domain_get(s->w->st, at + 1, &d) == 1 && d.local;
+}
+
 static void smtpd_cmd_mail(struct smtpd_session *s, const char *arg)
 {
 	struct smtpd_tx *tx = &s->tx;
@@ -680,6 +706,11 @@ static void smtpd_cmd_mail(struct smtpd_session *s, const char *arg)
 			memset(&tx->mail, 0, sizeof(tx->mail));
 			return;
 		}
+	}
+	if (!smtpd_local_sender(s, &tx->mail)) {
+		smtpd_reject(s, NULL, "553 5.7.1 A local user sends only as itself");
+		memset(&tx->mail, 0, sizeof(tx->mail));
+		return;
 	}
 	if (tx->mail.size > s->w->cfg->message_size) {
 		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
@@ -1882,10 +1913,23 @@ static void smtpd_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 	s->kind = l->kind;
 	s->conn_slot = slot;
 	s->tx.fd = -1;
+	s->local_uid = -1;
 	if (l->kind == LISTEN_LOCAL) {
-		/* kale-sendmail: local programs, trusted by the socket's place */
+		/* kale-sendmail: local programs. They may relay, but a user other
+		 * than root and run_as sends only as itself (smtpd_local_sender). */
+		struct ucred cred;
+		socklen_t cl = sizeof(cred);
 		snprintf(s->ip, sizeof(s->ip), "local");
 		s->trusted = 1;
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
+			struct passwd pw, *pwr = NULL;
+			char pwbuf[1024];
+			s->local_uid = (long)cred.uid;
+			if (getpwuid_r(cred.uid, &pw, pwbuf, sizeof(pwbuf), &pwr) == 0 && pwr != NULL)
+				snprintf(s->local_user, sizeof(s->local_user), "%s", pwr->pw_name);
+		} else {
+			s->local_uid = 65534;      /* unknown: treated as an ordinary user */
+		}
 	} else {
 		snprintf(s->ip, sizeof(s->ip), "%s", text);
 		s->trusted = store_network_match(w->st, sa) == 1;

@@ -85,17 +85,18 @@ def node(kale_factory):
     return k
 
 
-def sendmail(k, args, stdin, conf=True, env=None):
+def sendmail(k, args, stdin, conf=True, env=None, user=None):
     cmd = [bin_path("kale-sendmail")] + (["-C", k.conf] if conf else []) + list(args)
     e = dict(os.environ)
     e.update(env or {})
     if isinstance(stdin, str):
         stdin = stdin.encode()
-    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, env=e)
+    return subprocess.run(cmd, input=stdin, capture_output=True, timeout=60, env=e, user=user)
 
 
 def fake(k, **kw):
-    return FakeSmtp(os.path.join(k.data, "sendmail.sock"), **kw)
+    os.makedirs(os.path.join(k.data, "public"), exist_ok=True)
+    return FakeSmtp(os.path.join(k.data, "public", "sendmail.sock"), **kw)
 
 
 def test_recipients_as_arguments(node):
@@ -233,9 +234,7 @@ def test_bad_options(node):
 
 def test_inject_through_kaled(kale_factory):
     k = kale_factory()
-    sock = os.path.join(k.data, "sendmail.sock")
-    if not os.path.exists(sock):
-        pytest.skip("this kaled has no sendmail.sock listener")
+    assert os.path.exists(os.path.join(k.data, "public", "sendmail.sock"))
     p = sendmail(k, ["-f", "robot@example.test", "alice@example.test"],
                  "Subject: via sendmail\n\n.leading dot\nbody\n")
     assert p.returncode == 0, p.stderr.decode() + k.log_text()[-3000:]
@@ -253,3 +252,25 @@ def test_inject_through_kaled(kale_factory):
     p = sendmail(k, ["nobody@example.test"], "x\n")
     assert p.returncode in (1, 75)
     assert b"nobody@example.test" in p.stderr or b"5" in p.stderr
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_ordinary_user_sends_only_as_itself(kale_factory):
+    """sendmail.sock is reachable by every local user (public/, under a 0751
+    data_dir), and a user other than root and run_as may send only as
+    itself: a shell account cannot forge mail through the trusted socket."""
+    k = kale_factory()
+    st = os.stat(os.path.join(k.data, "public"))
+    assert st.st_uid == 0 and st.st_mode & 0o777 == 0o755
+    assert not os.path.exists(os.path.join(k.data, "sendmail.sock"))
+    p = sendmail(k, ["-f", "ceo@example.test", "alice@example.test"], "Subject: forged\n\nx\n",
+                 user="daemon")
+    assert p.returncode != 0
+    assert b"553" in p.stderr or b"itself" in p.stderr, p.stderr
+    p = sendmail(k, ["alice@example.test"], "Subject: from cron\n\nx\n", user="daemon")
+    assert p.returncode == 0, p.stderr.decode() + k.log_text()[-3000:]
+    msgs = k.wait_messages("alice@example.test", 1)
+    assert len(msgs) == 1 and b"Subject: from cron" in msgs[0]
+    assert b"daemon@mx.kale.test" in msgs[0]
+    p = sendmail(k, ["-f", "ceo@example.test", "alice@example.test"], "Subject: as root\n\nx\n")
+    assert p.returncode == 0, p.stderr     # root is trusted with -f
