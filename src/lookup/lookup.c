@@ -145,7 +145,7 @@ static void lookup_conn_free(struct lookup_conn *c)
 	else if (strcmp(c->prof.type, "ldap") == 0)
 		lookup_ldap_close(c);
 	lookup_sql_free(&c->sql);
-	explicit_bzero(&c->prof, sizeof(c->prof));
+	explicit_bzero(c, sizeof(*c));      /* the profile holds the bind password */
 	free(c);
 }
 
