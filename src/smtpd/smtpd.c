@@ -40,6 +40,7 @@
 #include "lookup/lookup.h"
 #include <openssl/evp.h>
 
+#define SMTPD_MIN_DATA_RATE 500       /* bytes/s a message must arrive at, past command_timeout */
 #define SMTPD_MAX_ERRORS 10
 #define SMTPD_MAX_HOPS 50
 #define SMTPD_WBUF 65536
@@ -102,6 +103,8 @@ struct smtpd_session {
 	struct bufferevent *bev;
 	struct event *greet_ev;
 	struct event *close_ev;    /* waits for TLS output to reach the socket */
+	struct event *deadline_ev; /* a command, or DATA at SMTPD_MIN_DATA_RATE, has a deadline */
+	uint64_t phase_ms;         /* when the current command or message began */
 	int close_tries;
 	enum smtpd_state state;
 	enum kale_listen_kind kind;
@@ -1610,6 +1613,58 @@ static void smtpd_read_bdat(struct smtpd_session *s, struct evbuffer *in)
 
 static void smtpd_process_loop(struct smtpd_session *s);
 
+/* An over-long line in the middle of AUTH ends the exchange: the next line
+ * is a command again, not more AUTH data. */
+static void smtpd_auth_abort(struct smtpd_session *s)
+{
+	if (s->state != SMTPD_AUTH)
+		return;
+	s->state = SMTPD_CMD;
+	s->auth_mech = 0;
+	xfree(&s->auth_login);
+}
+
+/* The idle timer restarts with every byte, so a client trickling one byte
+ * a second would never time out. Each command must be complete within
+ * command_timeout of the previous one, and a message must arrive at
+ * SMTPD_MIN_DATA_RATE (Postfix's smtpd_min_data_rate) on top of that. */
+static void smtpd_deadline_arm(struct smtpd_session *s)
+{
+	struct timeval tv = { s->w->cfg->command_timeout, 0 };
+
+	s->phase_ms = util_now_ms();
+	if (s->deadline_ev != NULL)
+		evtimer_add(s->deadline_ev, &tv);
+}
+
+static void smtpd_timeout(struct smtpd_session *s);
+
+static void smtpd_deadline_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct smtpd_session *s = arg;
+	uint64_t allowed = (uint64_t)s->w->cfg->command_timeout * 1000, now = util_now_ms();
+
+	(void)fd;
+	(void)what;
+	if (s->state == SMTPD_CLOSING || s->state == SMTPD_GREETING)
+		return;
+	if (s->state == SMTPD_COMMIT || s->state == SMTPD_WAIT) {
+		smtpd_deadline_arm(s);  /* our turn, not the client's: the clock restarts */
+		return;
+	}
+	if (s->state == SMTPD_DATA || s->state == SMTPD_BDAT)
+		allowed += s->tx.body_len * 1000 / SMTPD_MIN_DATA_RATE;
+	if (now - s->phase_ms < allowed) {
+		uint64_t left = allowed - (now - s->phase_ms);
+		struct timeval tv = { (time_t)(left / 1000), (suseconds_t)(left % 1000) * 1000 };
+		evtimer_add(s->deadline_ev, &tv);
+		return;
+	}
+	log_event(LOG_LVL_INFO, "smtp.deadline", "client", s->ip, "state",
+	    s->state == SMTPD_DATA || s->state == SMTPD_BDAT ? "data" : "command", NULL);
+	smtpd_timeout(s);
+}
+
 static void smtpd_process(struct smtpd_session *s)
 {
 	if (s->busy)
@@ -1639,6 +1694,7 @@ static void smtpd_process_loop(struct smtpd_session *s)
 			if (!smtpd_read_data(s, in))
 				break;
 			s->state = SMTPD_CMD;
+			smtpd_deadline_arm(s);
 			smtpd_message_done(s);
 			continue;
 		}
@@ -1651,6 +1707,7 @@ static void smtpd_process_loop(struct smtpd_session *s)
 				if (!s->discard_line) {
 					smtpd_reply(s, "500 5.5.2 Line too long");
 					s->errors++;
+					smtpd_auth_abort(s);
 				}
 				s->discard_line = 1;
 				/* keep a trailing CR: its LF may come in the next read */
@@ -1667,12 +1724,14 @@ static void smtpd_process_loop(struct smtpd_session *s)
 			evbuffer_drain(in, (size_t)eol.pos + 2);
 			smtpd_reply(s, "500 5.5.2 Line too long");
 			s->errors++;
+			smtpd_auth_abort(s);
 			continue;
 		}
 		char line[SMTP_LINE_MAX + 1];
 		size_t len = (size_t)eol.pos;
 		evbuffer_remove(in, line, len + 2);
 		line[len] = '\0';
+		smtpd_deadline_arm(s);
 		if (s->state == SMTPD_AUTH) {
 			smtpd_auth_line(s, line);
 			OPENSSL_cleanse(line, len);
@@ -1784,16 +1843,7 @@ static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
 			smtpd_free(s);
 			return;
 		}
-		smtpd_reply(s, "421 4.4.2 %s Timeout, closing connection", s->w->cfg->hostname);
-		smtpd_log_row(s, "rejected", NULL, "421 4.4.2", "timeout");
-		s->state = SMTPD_CLOSING;
-		bufferevent_disable(s->bev, EV_READ);
-		bufferevent_set_timeouts(s->bev, NULL, NULL);
-		{
-			struct timeval tv = { 5, 0 };
-			bufferevent_set_timeouts(s->bev, NULL, &tv);
-		}
-		bufferevent_enable(s->bev, EV_WRITE);
+		smtpd_timeout(s);
 		return;
 	}
 	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR)) {
@@ -1828,6 +1878,8 @@ static void smtpd_free(struct smtpd_session *s)
 		event_free(s->greet_ev);
 	if (s->close_ev)
 		event_free(s->close_ev);
+	if (s->deadline_ev)
+		event_free(s->deadline_ev);
 	if (s->bev)
 		bufferevent_free(s->bev);
 	conntable_del(w->ctx->conn_table, w->ctx->worker_id, s->conn_slot);
@@ -1843,11 +1895,28 @@ static void smtpd_free(struct smtpd_session *s)
 		event_base_loopexit(w->base, NULL);
 }
 
+/* 421 and close: the idle timer or the deadline ran out. */
+static void smtpd_timeout(struct smtpd_session *s)
+{
+	struct timeval tv = { 5, 0 };
+
+	smtpd_reply(s, "421 4.4.2 %s Timeout, closing connection", s->w->cfg->hostname);
+	smtpd_log_row(s, "rejected", NULL, "421 4.4.2", "timeout");
+	s->state = SMTPD_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_set_timeouts(s->bev, NULL, NULL);
+	bufferevent_set_timeouts(s->bev, NULL, &tv);
+	bufferevent_enable(s->bev, EV_WRITE);
+}
+
 static void smtpd_greet(struct smtpd_session *s)
 {
 	struct timeval tv = { s->w->cfg->command_timeout, 0 };
 
 	s->state = SMTPD_CMD;
+	if (s->deadline_ev == NULL)
+		s->deadline_ev = evtimer_new(s->w->base, smtpd_deadline_cb, s);
+	smtpd_deadline_arm(s);
 	smtpd_reply(s, "220 %s ESMTP kale", s->w->cfg->hostname);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);

@@ -3,6 +3,7 @@ MAIL, oversized DATA and BDAT), max_recipients, per-IP and total connection
 limits, command_timeout, and a full disk (452 4.3.1, never 250 then loss)."""
 import os
 import shutil
+import socket
 import subprocess
 import time
 
@@ -214,6 +215,50 @@ def test_command_timeout(kale_factory):
     smtp_qid(smtp_send(k.port, "bob@other.test", ["alice@example.test"], smtp_msg("later")))
     msgs = k.wait_messages("alice@example.test", 1)
     assert len(msgs) == 1 and b"stalled" not in msgs[0]
+
+
+def trickle_lifetime(c, data, limit=20.0):
+    """Sends data one byte a second; returns how long the session lived."""
+    t0 = time.time()
+    c.sock.settimeout(1.0)
+    for i in range(int(limit)):
+        try:
+            c.sock.sendall(data[i % len(data):i % len(data) + 1])
+            got = c.sock.recv(4096)
+            if got == b"" or b"421" in got:
+                return time.time() - t0
+        except socket.timeout:
+            continue
+        except OSError:
+            return time.time() - t0
+    return time.time() - t0
+
+
+def test_slow_command_sender_is_cut(kale_factory):
+    """One byte every second kept a session alive forever under the idle
+    timer (1,000 such sessions fill max_connections): a command must be
+    complete within command_timeout."""
+    k = kale_factory(limits={"command_timeout": 2})
+    with SmtpRaw(k.port) as c:
+        c.ehlo()
+        lived = trickle_lifetime(c, b"NOOPNOOPNOOPNOOPNOOPNOOP")
+    assert lived < 8, "a trickling sender lived %.1fs" % lived
+    assert "smtp.deadline" in k.log_text()
+
+
+def test_slow_data_sender_is_cut(kale_factory):
+    """DATA must arrive at 500 bytes/s past command_timeout
+    (Postfix's smtpd_min_data_rate)."""
+    k = kale_factory(limits={"command_timeout": 2})
+    with SmtpRaw(k.port) as c:
+        c.ehlo()
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        smtp_expect(c.cmd("DATA"), 354)
+        lived = trickle_lifetime(c, b"Subject: slow\r\n\nxxxxxxxxxxxxxxxxxxxxxxxxxxxxx")
+    assert lived < 8, "a trickling DATA sender lived %.1fs" % lived
+    # a normal sender is unaffected
+    smtp_qid(smtp_send(k.port, "bob@other.test", ["alice@example.test"], smtp_msg("normal")))
 
 
 # ---------------------------------------------------------------- full disk

@@ -211,3 +211,18 @@ def test_auth_needs_ehlo_and_not_in_transaction(sub):
     assert s.docmd("MAIL FROM:<bob@example.test>")[0] == 250
     assert s.docmd("AUTH", "PLAIN " + b64("\0bob@example.test\0bob-pw"))[0] == 503
     s.quit()
+
+
+def test_overlong_line_ends_auth_exchange(sub):
+    """An over-long line during AUTH left the session in AUTH state, and the
+    next command was eaten as AUTH data."""
+    s = submission(sub)
+    s.starttls(context=tls_ctx())
+    s.ehlo()
+    code, msg = s.docmd("AUTH", "LOGIN")
+    assert code == 334
+    code, msg = s.docmd("x" * 5000)
+    assert code == 500, (code, msg)
+    code, msg = s.docmd("NOOP")
+    assert code == 250, (code, msg)
+    s.quit()
