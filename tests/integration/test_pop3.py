@@ -147,13 +147,8 @@ def test_plaintext_login_refused_without_tls(node):
 
 
 def test_plaintext_login_allowed_by_admin(factory):
-    try:
-        k = factory(users=(ALICE,), listeners=LISTENERS,
-                    extra_conf="[mailbox]\nplaintext_auth = yes\n")
-    except AssertionError as e:
-        if "unknown section [mailbox]" in str(e) or "plaintext_auth" in str(e):
-            pytest.skip("kale.conf does not parse [mailbox] plaintext_auth yet")
-        raise
+    k = factory(users=(ALICE,), listeners=LISTENERS,
+                extra_conf="[mailbox]\nplaintext_auth = yes\n")
     p = poplib.POP3("127.0.0.1", k.ports["pop3"], timeout=TIMEOUT)
     assert "USER" in p.capa()
     p.user(ALICE)
