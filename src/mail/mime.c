@@ -185,7 +185,12 @@ static char *mime_read_value(const char **sp, int allow_quoted)
 	mime_skip_cfws(&s);
 	if (allow_quoted && *s == '"') {
 		s++;
-		size_t cap = strlen(s) + 1, o = 0;
+		/* sized by the quoted string itself, not the rest of the header:
+		 * many quoted parameters in one long header stay linear */
+		size_t cap = 1, o = 0;
+		for (const char *q = s; *q != '\0' && *q != '"'; q++, cap++)
+			if (*q == '\\' && q[1] != '\0')
+				q++;
 		out = xmalloc(cap);
 		while (*s != '\0' && *s != '"') {
 			if (*s == '\\' && s[1] != '\0')
@@ -233,14 +238,13 @@ static void mime_parse_params(const char *s, struct mime_param **pr, size_t *nr)
 			continue;
 		}
 		s++;
+		if (n >= MIME_MAX_PARAMS) {
+			xfree(&name);
+			break;          /* a hard stop: the rest of the header is not parsed */
+		}
 		char *value = mime_read_value(&s, 1);
 		if (value == NULL)
 			value = xstrdup("");
-		if (n >= MIME_MAX_PARAMS) {
-			xfree(&name);
-			xfree(&value);
-			continue;
-		}
 		util_lower(name);
 		ps = xrealloc(ps, (n + 1) * sizeof(*ps));
 		ps[n].name = name;
