@@ -967,6 +967,13 @@ void smtp_bdat_last(struct smtp_data *d, smtp_data_out_fn *out, void *ctx)
 		d->bare_cr = 1;
 		data_emit(d, &o, ' ');
 	}
+	/* The stored message ends with a line end even if the last chunk did
+	 * not: a line end the server adds is not held against the size limit. */
+	if (!d->line_start && !d->too_big) {
+		d->size++;
+		d->line_start = 1;
+		o.buf[o.n++] = '\n';
+	}
 	d->state = DS_DONE;
 	data_flush(&o);
 }

@@ -111,7 +111,8 @@ size_t smtp_data_feed(struct smtp_data *d, const char *buf, size_t len, int *don
 /* ---- BDAT: chunk bytes are taken as they are (no dot handling) but line
  * endings are normalised the same way (CRLF -> LF, bare CR -> space, a CR at
  * the end of one chunk is resolved with the next). Call smtp_bdat_feed with
- * each chunk's bytes and smtp_bdat_last once after the LAST chunk. */
+ * each chunk's bytes and smtp_bdat_last once after the LAST chunk; it ends
+ * an unterminated last line with LF. */
 void smtp_bdat_init(struct smtp_data *d, uint64_t max);
 void smtp_bdat_feed(struct smtp_data *d, const char *buf, size_t len, smtp_data_out_fn *out, void *ctx);
 void smtp_bdat_last(struct smtp_data *d, smtp_data_out_fn *out, void *ctx);

@@ -81,6 +81,7 @@ struct smtpd_tx {
 	int werrno;                /* first write error */
 	struct smtp_data data;
 	int bdat;                  /* BDAT in use */
+	uint64_t bdat_size;        /* size of the current chunk, as on the wire */
 	uint64_t bdat_left;        /* bytes of the current chunk still to read */
 	int bdat_last;
 	const char *bdat_error;    /* reply for the chunk when it is being discarded */
@@ -305,9 +306,10 @@ static uint64_t smtpd_disk_free(void)
 static int smtpd_tx_open(struct smtpd_session *s)
 {
 	struct smtpd_tx *tx = &s->tx;
-	char path[128], date[64], hdr[1024];
+	char path[128], date[64], tlsinfo[160] = "", hdr[2048];
 	time_t now = time(NULL);
 	struct tm tm;
+	SSL *ssl;
 	int n;
 
 	if (smtpd_disk_free() < SMTPD_DISK_RESERVE + tx->mail.size) {
@@ -328,10 +330,22 @@ static int smtpd_tx_open(struct smtpd_session *s)
 	tx->started_us = util_now_us();
 	localtime_r(&now, &tm);
 	strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+	/* The TLS version and cipher, as Postfix writes them. */
+	ssl = s->tls ? bufferevent_openssl_get_ssl(s->bev) : NULL;
+	if (ssl != NULL && SSL_get_current_cipher(ssl) != NULL) {
+		const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
+		int alg_bits = 0, bits = SSL_CIPHER_get_bits(c, &alg_bits);
+
+		snprintf(tlsinfo, sizeof(tlsinfo), "\n\t(using %s with cipher %s (%d/%d bits))",
+		    SSL_get_version(ssl), SSL_CIPHER_get_name(c), bits, alg_bits);
+	}
+	/* WITH protocol: ESMTP + S (TLS) + A (authenticated), RFC 3848; with
+	 * SMTPUTF8 it is UTF8SMTP + S + A (RFC 6531 section 3.7.3). */
 	n = snprintf(hdr, sizeof(hdr),
-	    "Received: from %s (%s [%s])\n\tby %s (kale) with %s%s%s id %s%s%s%s;\n\t%s\n",
-	    s->helo[0] ? s->helo : "unknown", s->ip, s->ip, s->w->cfg->hostname,
-	    tx->mail.smtputf8 ? "UTF8" : "", s->esmtp ? "ESMTP" : "SMTP", s->tls ? "S" : "",
+	    "Received: from %s (%s [%s])%s\n\tby %s (kale) with %s%s%s id %s%s%s%s;\n\t%s\n",
+	    s->helo[0] ? s->helo : "unknown", s->ip, s->ip, tlsinfo, s->w->cfg->hostname,
+	    tx->mail.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP", s->tls ? "S" : "",
+	    s->auth_address ? "A" : "",
 	    tx->qid, tx->n_rcpt == 1 ? "\n\tfor <" : "", tx->n_rcpt == 1 ? tx->rcpt[0].orig : "",
 	    tx->n_rcpt == 1 ? ">" : "", date);
 	if (n < 0 || (size_t)n >= sizeof(hdr))
@@ -735,10 +749,12 @@ static void smtpd_cmd_mail(struct smtpd_session *s, const char *arg)
 }
 
 /* Finds the local domain for an unqualified "postmaster": the first local
- * domain that has a postmaster user or alias. */
+ * domain that has a postmaster user or alias; first is the first local
+ * domain at all, the fallback when none has. */
 struct smtpd_pm {
 	store *st;
 	char addr[300];
+	char first[256];
 };
 
 static int smtpd_pm_cb(void *ctx, const struct store_domain *d)
@@ -750,6 +766,8 @@ static int smtpd_pm_cb(void *ctx, const struct store_domain *d)
 
 	if (!d->local)
 		return 0;
+	if (pm->first[0] == '\0')
+		snprintf(pm->first, sizeof(pm->first), "%s", d->name);
 	snprintf(addr, sizeof(addr), "postmaster@%s", d->name);
 	n = store_rcpt_resolve(pm->st, addr, &t, NULL);
 	store_targets_free(t, n > 0 ? n : 0);
@@ -788,14 +806,19 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 	}
 	snprintf(addr, sizeof(addr), "%s", p.addr);
 	if (p.domain[0] == '\0') {             /* unqualified postmaster */
-		struct smtpd_pm pm = { s->w->st, "" };
+		struct smtpd_pm pm = { s->w->st, "", "" };
 		if (store_domain_list(s->w->st, smtpd_pm_cb, &pm) < 0) {
 			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
 			return;
 		}
 		if (pm.addr[0] == '\0') {
-			smtpd_reject(s, addr, "550 5.1.1 Recipient address rejected: User unknown");
-			return;
+			/* RFC 5321 4.5.1: postmaster is always accepted. Without a
+			 * postmaster user or alias it is queued for postmaster of
+			 * the first local domain (or of this host) all the same. */
+			snprintf(pm.addr, sizeof(pm.addr), "postmaster@%s",
+			    pm.first[0] ? pm.first : s->w->cfg->hostname);
+			log_event(LOG_LVL_WARN, "smtp.postmaster", "client", s->ip, "to", pm.addr,
+			    "reason", "no postmaster user or alias in a local domain", NULL);
 		}
 		snprintf(addr, sizeof(addr), "%s", pm.addr);
 		snprintf(p.domain, sizeof(p.domain), "%s", strchr(pm.addr, '@') + 1);
@@ -876,6 +899,7 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 	struct smtpd_tx *tx = &s->tx;
 	char **targets = NULL;
 	char *error = NULL;
+	int pm = strchr(pp->addr, '@') == NULL;   /* unqualified postmaster */
 	int n = 0;
 
 	if (found && dom->local) {
@@ -886,13 +910,20 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
 			return;
 		}
+		if (n == 0 && pm) {
+			store_targets_free(targets, 0);
+			targets = xmalloc(sizeof(char *));
+			targets[0] = xstrdup(addr);
+			n = 1;
+		}
 		if (n == 0) {
 			smtpd_reject(s, addr, "550 5.1.1 Recipient address rejected: User unknown");
 			return;
 		}
-	} else if (found || s->trusted || s->auth_address) {
+	} else if (found || s->trusted || s->auth_address || pm) {
 		/* Relay domain, or a trusted or authenticated client relaying
-		 * anywhere: queued for the remote delivery agent. */
+		 * anywhere, or postmaster@hostname on a host without local
+		 * domains: queued for the remote delivery agent. */
 		targets = xmalloc(sizeof(char *));
 		targets[0] = xstrdup(addr);
 		n = 1;
@@ -968,6 +999,7 @@ static void smtpd_cmd_bdat(struct smtpd_session *s, const char *arg)
 		return;
 	}
 	s->state = SMTPD_BDAT;
+	tx->bdat_size = size;
 	tx->bdat_left = size;
 	tx->bdat_last = last;
 	tx->bdat_error = NULL;
@@ -1014,8 +1046,9 @@ static void smtpd_bdat_chunk_done(struct smtpd_session *s)
 		return;
 	}
 	if (!tx->bdat_last) {
+		/* the chunk as sent, not what is left after CRLF -> LF */
 		smtpd_reply(s, "250 2.0.0 %llu octets received",
-		    (unsigned long long)tx->data.size);
+		    (unsigned long long)tx->bdat_size);
 		return;
 	}
 	smtp_bdat_last(&tx->data, smtpd_out, tx);

@@ -1,5 +1,6 @@
 """SMTP receive path, local delivery: Maildir layout, Received / Return-Path /
 Delivered-To headers, aliases, the null sender, unqualified postmaster, mbox."""
+import json
 import os
 import re
 
@@ -212,8 +213,25 @@ def test_queue_empty_after_delivery(kale):
         os.path.join(kale.data, "queue", "incoming"))
 
 
-def test_postmaster_unqualified_unknown(kale):
+def test_postmaster_unqualified_without_postmaster(kale):
+    """RFC 5321 4.5.1: "postmaster" (any case) is accepted even with no
+    postmaster user or alias; it is queued for postmaster@ the first local
+    domain (delivered once that user exists, bounced by the queue before)."""
     with SmtpRaw(kale.port) as c:
         c.ehlo()
         smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
-        smtp_expect(c.cmd("RCPT TO:<postmaster>"), 550, "5.1.1")
+        smtp_expect(c.cmd("RCPT TO:<postmaster>"), 250, "2.1.5")
+        smtp_qid(c.data(smtp_msg("pm-none", to="postmaster")))
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<Postmaster>"), 250, "2.1.5")
+        smtp_expect(c.cmd("RSET"), 250, "2.0.0")
+        # a qualified postmaster that does not exist is still unknown
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<postmaster@example.test>"), 550, "5.1.1")
+
+    def queued_for():
+        p = kale.ctl("log", "search", "--json", "--limit", "1000")
+        rows = json.loads(p.stdout)
+        return [r for r in rows if r.get("to") == "postmaster@example.test"
+                and r.get("action") != "rejected"]
+    assert kale_wait(queued_for, 15), kale.ctl("log", "search", "--json").stdout

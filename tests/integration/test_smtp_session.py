@@ -241,6 +241,48 @@ def test_bdat_zero_last(kale):
     assert len(msgs) == 1 and b"bdat0" in msgs[0]
 
 
+def test_bdat_reply_counts_octets_on_the_wire(kale):
+    """The reply to a chunk counts its octets as sent, before CRLF -> LF: a
+    20-octet chunk with one CRLF is "20 octets received", not 19."""
+    part1 = b"Subject: wire\r\n\r\nabc"
+    part2 = b"def\r\n"
+    assert len(part1) == 20
+    with SmtpRaw(kale.port) as c:
+        c.ehlo()
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d\r\n" % len(part1) + part1)
+        r = smtp_expect(c.reply(), 250, "2.0.0")
+        assert "20 octets received" in r.text, r
+        c.send(b"BDAT %d\r\n" % len(part2) + part2)
+        r = smtp_expect(c.reply(), 250, "2.0.0")
+        assert "5 octets received" in r.text, r
+        c.send(b"BDAT 0 LAST\r\n")
+        smtp_qid(c.reply())
+    msgs = kale.wait_messages("alice@example.test", 1)
+    assert len(msgs) == 1 and msgs[0].replace(b"\r\n", b"\n").endswith(b"\n\nabcdef\n")
+
+
+def test_bdat_last_without_line_end_is_terminated(kale):
+    """A LAST chunk that does not end with a line end: the stored message
+    still ends with one (and nothing else is added)."""
+    part1 = b"Subject: unterminated\r\n\r\nfirst line\r\n"
+    part2 = b"no line end here"
+    with SmtpRaw(kale.port) as c:
+        c.ehlo()
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250, "2.1.5")
+        c.send(b"BDAT %d\r\n" % len(part1) + part1)
+        smtp_expect(c.reply(), 250, "2.0.0")
+        c.send(b"BDAT %d LAST\r\n" % len(part2) + part2)
+        smtp_qid(c.reply())
+        smtp_expect(c.cmd("NOOP"), 250, "2.0.0")
+    msgs = kale.wait_messages("alice@example.test", 1)
+    assert len(msgs) == 1
+    m = msgs[0].replace(b"\r\n", b"\n")
+    assert m.endswith(b"\n\nfirst line\nno line end here\n"), m[-60:]
+
+
 def test_bdat_before_mail_is_503_and_chunk_is_skipped(kale):
     """BDAT before MAIL/RCPT is 503; its chunk must still be read and thrown
     away, never run as commands (the chunk here is two HELP commands: a

@@ -3,6 +3,7 @@ against kale's local users: TLS-only AUTH, PLAIN and LOGIN, cancel and bad
 base64, fake sender control for the envelope and the From: header, relaying
 only after AUTH, and the brute-force brake."""
 import base64
+import re
 import smtplib
 import socket
 import ssl
@@ -175,6 +176,54 @@ def test_submissions_implicit_tls(sub):
                "From: alice@example.test\r\nSubject: 465\r\n\r\nover 465\r\n")
     s.quit()
     assert len(sub.wait_messages("bob@example.test", 1)) == 1
+
+
+def received_header(msg):
+    """The first (our) Received: header of a stored message, unfolded."""
+    head = msg.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0].decode("utf-8", "replace")
+    m = re.search(r"(?mi)^Received:(.*(?:\n[ \t].*)*)", head)
+    assert m, head
+    return " ".join(m.group(1).split())
+
+
+def test_received_protocol_and_tls(sub):
+    """RFC 3848 WITH protocol in Received: ESMTPSA after STARTTLS + AUTH (with
+    the TLS version and cipher in a comment, as Postfix writes it), ESMTPSA
+    on implicit TLS too, ESMTPS for TLS alone and ESMTP for plain SMTP."""
+    s = logged_in(sub)
+    s.sendmail("bob@example.test", ["alice@example.test"],
+               "From: bob@example.test\r\nSubject: r1\r\n\r\nstarttls auth\r\n")
+    s.quit()
+    r = received_header(sub.wait_messages("alice@example.test", 1)[0])
+    assert " with ESMTPSA id " in r, r
+    assert re.search(r"\(using TLSv1\.[0-3] with cipher [A-Z0-9_-]+ \(\d+/\d+ bits\)\)", r), r
+    assert r.index("(using TLSv1.") < r.index(" by "), r
+
+    s = smtplib.SMTP_SSL("127.0.0.1", sub.ports["submissions"], context=tls_ctx(), timeout=15)
+    s.login("alice@example.test", "alice-pw")
+    s.sendmail("alice@example.test", ["bob@example.test"],
+               "From: alice@example.test\r\nSubject: r2\r\n\r\nimplicit tls\r\n")
+    s.quit()
+    r = received_header(sub.wait_messages("bob@example.test", 1)[0])
+    assert " with ESMTPSA id " in r and "(using TLSv1." in r, r
+
+    mx = smtplib.SMTP("127.0.0.1", sub.port, timeout=15)
+    mx.starttls(context=tls_ctx())
+    mx.sendmail("carol@other.test", ["alice@example.test"],
+                "From: carol@other.test\r\nSubject: r3\r\n\r\ntls only\r\n")
+    mx.quit()
+    mx = smtplib.SMTP("127.0.0.1", sub.port, timeout=15)
+    mx.sendmail("dave@other.test", ["bob@example.test"],
+                "From: dave@other.test\r\nSubject: r4\r\n\r\nplain\r\n")
+    mx.quit()
+    by_subject = {}
+    for m in sub.wait_messages("alice@example.test", 2) + sub.wait_messages("bob@example.test", 2):
+        subj = re.search(rb"(?m)^Subject: (\S+)", m).group(1).decode()
+        by_subject[subj] = received_header(m)
+    r = by_subject["r3"]
+    assert " with ESMTPS id " in r and "(using TLSv1." in r, r
+    r = by_subject["r4"]
+    assert " with ESMTP id " in r and "using" not in r, r
 
 
 def test_plaintext_on_submissions_port_dropped(sub):

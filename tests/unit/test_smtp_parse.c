@@ -967,7 +967,7 @@ static void test_bdat_data(void **state)
 		size_t ln[] = { strlen(ch[0]), strlen(ch[1]), strlen(ch[2]) };
 
 		bdat_run(ch, ln, 3, 0, &s, &d);
-		assert_string_equal(s.buf, "Subject: x\n\nline\nbare cr ");
+		assert_string_equal(s.buf, "Subject: x\n\nline\nbare cr \n");
 		assert_int_equal(d.bare_cr, 1);
 		assert_int_equal(d.in_header, 0);
 		xfree(&s.buf);
@@ -978,15 +978,21 @@ static void test_bdat_data(void **state)
 		size_t ln[] = { 2, 2 };
 
 		bdat_run(ch, ln, 2, 0, &s, &d);
-		assert_string_equal(s.buf, "a\nb");
+		assert_string_equal(s.buf, "a\nb\n");
 		assert_int_equal(d.bare_cr, 0);
 		xfree(&s.buf);
 	}
 	/* dots are not special in BDAT */
 	bdat_expect_splits(S(".\r\n..\r\n.x\r\n"), 0, S(".\n..\n.x\n"));
 	bdat_expect_splits(S("a\r\n.\r\nMAIL FROM:<x@y>\r\n"), 0, S("a\n.\nMAIL FROM:<x@y>\n"));
-	bdat_expect_splits(S("a\rb\nc\0d\r\r\n\r"), 0, S("a b\ncd \n "));
+	bdat_expect_splits(S("a\rb\nc\0d\r\r\n\r"), 0, S("a b\ncd \n \n"));
 	bdat_expect_splits(S("Received: a\r\nReceived: b\r\n\r\nx"), 10, S("Received: "));
+	/* the last line always ends with a line end, one added is not counted
+	 * against the limit; an empty message stays empty */
+	bdat_expect_splits(S("a\r\n\r\nbody"), 0, S("a\n\nbody\n"));
+	bdat_expect_splits(S("abc"), 3, S("abc\n"));
+	bdat_expect_splits(S("abc\r\n"), 0, S("abc\n"));
+	bdat_expect_splits(S(""), 0, S(""));
 	{
 		const char *ch[] = { "Received: a\r\nreceived: b\r\n\r\nReceived: c\r\n" };
 		size_t ln[] = { strlen(ch[0]) };
