@@ -341,6 +341,9 @@ static int smtpd_tx_open(struct smtpd_session *s)
 	}
 	/* WITH protocol: ESMTP + S (TLS) + A (authenticated), RFC 3848; with
 	 * SMTPUTF8 it is UTF8SMTP + S + A (RFC 6531 section 3.7.3). */
+	if (s->local_uid >= 0)          /* local injection: the uid, as Postfix's pickup */
+		snprintf(tlsinfo, sizeof(tlsinfo), "\n\t(uid %ld%s%s)", s->local_uid,
+		    s->local_user[0] ? " " : "", s->local_user);
 	n = snprintf(hdr, sizeof(hdr),
 	    "Received: from %s (%s [%s])%s\n\tby %s (kale) with %s%s%s id %s%s%s%s;\n\t%s\n",
 	    s->helo[0] ? s->helo : "unknown", s->ip, s->ip, tlsinfo, s->w->cfg->hostname,

@@ -272,5 +272,6 @@ def test_ordinary_user_sends_only_as_itself(kale_factory):
     msgs = k.wait_messages("alice@example.test", 1)
     assert len(msgs) == 1 and b"Subject: from cron" in msgs[0]
     assert b"daemon@mx.kale.test" in msgs[0]
+    assert b"(uid 1 daemon)" in msgs[0], msgs[0][:600]
     p = sendmail(k, ["-f", "ceo@example.test", "alice@example.test"], "Subject: as root\n\nx\n")
     assert p.returncode == 0, p.stderr     # root is trusted with -f
