@@ -63,6 +63,21 @@ def raw(k, port_name="imap"):
     return s, f
 
 
+def raw_selected(k, rcvbuf=None):
+    """A raw IMAPS session, logged in, INBOX selected."""
+    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", k.ports["imaps"]), timeout=30),
+                              server_hostname="kale")
+    if rcvbuf:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, rcvbuf)
+    f = s.makefile("rb")
+    f.readline()
+    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
+    read_tagged(f, b"a")
+    s.sendall(b"b SELECT INBOX\r\n")
+    read_tagged(f, b"b")
+    return s, f
+
+
 def read_tagged(f, tag):
     lines = []
     while True:
@@ -281,14 +296,7 @@ def test_hostile_literals_and_syntax(node):
 
 def test_hostile_after_login(node):
     deliver(node, "target")
-    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", node.ports["imaps"]), timeout=30),
-                              server_hostname="kale")
-    f = s.makefile("rb")
-    f.readline()
-    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
-    read_tagged(f, b"a")
-    s.sendall(b"b SELECT INBOX\r\n")
-    read_tagged(f, b"b")
+    s, f = raw_selected(node)
     s.sendall(b"c APPEND INBOX {4294967296}\r\n")
     assert read_tagged(f, b"c")[-1].startswith(b"c NO [TOOBIG]")
     s.sendall(b"d FETCH 1 (BODY[p)\r\n")      # Cyrus CVE-2004-1013 shape
@@ -371,15 +379,7 @@ def test_pipelined_fetch_without_reading_stays_bounded(node):
     make imapd build every reply in memory (+503 MB for 20 x 25 MB)."""
     deliver(node, "big", body=("z" * 998 + "\r\n") * 8000)        # ~8 MB
     pid = imapd_pid(node)
-    s = tls_ctx().wrap_socket(socket.create_connection(("127.0.0.1", node.ports["imaps"]), timeout=30),
-                              server_hostname="kale")
-    s.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
-    f = s.makefile("rb")
-    f.readline()
-    s.sendall(b"a LOGIN %s %s\r\n" % (USER.encode(), PASS.encode()))
-    read_tagged(f, b"a")
-    s.sendall(b"b SELECT INBOX\r\n")
-    read_tagged(f, b"b")
+    s, f = raw_selected(node, rcvbuf=4096)
     before = rss_kb(pid)
     s.sendall(b"".join(b"f%d FETCH 1 BODY.PEEK[]\r\n" % i for i in range(20)))
     time.sleep(3)

@@ -27,6 +27,19 @@ def node(tmp_path):
         k.stop()
 
 
+def plant_link(k, rel, target):
+    """Starts and stops the node once (data_dir made), then replaces rel in
+    data_dir with a symbolic link to target, as the run_as user could."""
+    k.start()
+    k.stop()
+    path = os.path.join(k.data, rel)
+    if os.path.isdir(path) and not os.path.islink(path):
+        shutil.rmtree(path)
+    elif os.path.lexists(path):
+        os.unlink(path)
+    os.symlink(str(target), path)
+
+
 def start_fails(k, timeout=15):
     p = subprocess.run([bin_path("kaled"), "-c", k.conf], capture_output=True, text=True,
                        timeout=timeout)
@@ -37,15 +50,11 @@ def start_fails(k, timeout=15):
 @root_only
 @pytest.mark.parametrize("planted", ["queue/tmp", "queue/hold", "mail"])
 def test_planted_folder_link_is_not_followed(node, tmp_path, planted):
-    node.start()
-    node.stop()
     victim = tmp_path / "rootdir"
     victim.mkdir(mode=0o700)
     (victim / "secret").write_text("root's\n")
     os.chmod(victim / "secret", 0o600)
-    path = os.path.join(node.data, planted)
-    shutil.rmtree(path)
-    os.symlink(str(victim), path)
+    plant_link(node, planted, victim)
     err = start_fails(node)
     assert planted in err and "refusing to start" in err
     st = os.stat(victim)
@@ -56,15 +65,10 @@ def test_planted_folder_link_is_not_followed(node, tmp_path, planted):
 @root_only
 @pytest.mark.parametrize("name", ["kale.db-shm", "kale.db-wal", "kale.db-journal"])
 def test_planted_store_link_is_not_followed(node, tmp_path, name):
-    node.start()
-    node.stop()
     victim = tmp_path / "rootfile"
     victim.write_text("root only\n")
     os.chmod(victim, 0o600)
-    path = os.path.join(node.data, name)
-    if os.path.lexists(path):
-        os.unlink(path)
-    os.symlink(str(victim), path)
+    plant_link(node, name, victim)
     err = start_fails(node)
     assert name in err
     st = os.stat(victim)
