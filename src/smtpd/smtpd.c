@@ -1875,8 +1875,11 @@ static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
 		if (s->state == SMTPD_COMMIT || s->state == SMTPD_WAIT)
 			return;
 		if (s->state == SMTPD_CLOSING) {
-			/* the peer does not even take our last reply */
-			smtpd_free(s);
+			/* the peer does not even take our last reply; a read
+			 * timeout due in the same loop turn as the deadline that
+			 * closed the session is not that */
+			if (what & BEV_EVENT_WRITING)
+				smtpd_free(s);
 			return;
 		}
 		smtpd_timeout(s);
