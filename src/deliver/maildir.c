@@ -109,7 +109,7 @@ static int maildir_unique_name(char *out, size_t cap)
 	}
 	enc[n] = '\0';
 	clock_gettime(CLOCK_REALTIME, &ts);
-	return util_fmt(out, cap, "%lld.M%ldP%ldQ%u.%s", (long long)ts.tv_sec,
+	return util_fmt(out, cap, "%lld.M%06ldP%ldQ%u.%s", (long long)ts.tv_sec,
 	    (long)(ts.tv_nsec / 1000), (long)getpid(),
 	    atomic_fetch_add(&maildir_counter, 1u) + 1u, enc);
 }
