@@ -32,6 +32,7 @@ run: build
 # Every unit and integration test, in the normal and in the ASan+UBSan tree.
 test: deps-test
 	$(MAKE) build build-asan build-release
+	FUZZ_RUNS=20000 sh scripts/fuzz.sh
 	sh scripts/test.sh build
 	sh scripts/test.sh build-asan
 

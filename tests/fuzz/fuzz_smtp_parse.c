@@ -1,5 +1,5 @@
-/* fuzz_smtp_parse: libFuzzer target for src/smtpd/smtp_parse.c. Not built by
- * CMake. Build and run (from the repository root):
+/* fuzz_smtp_parse: libFuzzer target for src/smtpd/smtp_parse.c. Built with the
+ * others by -DKALE_FUZZ=ON and run by scripts/fuzz.sh; by hand:
  *   clang -std=c17 -g -O1 -D_GNU_SOURCE -Isrc -fsanitize=fuzzer,address,undefined \
  *     tests/fuzz/fuzz_smtp_parse.c src/smtpd/smtp_parse.c -o /tmp/fuzz_smtp_parse
  *   /tmp/fuzz_smtp_parse -max_len=2048 -max_total_time=60
