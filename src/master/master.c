@@ -303,6 +303,17 @@ static int master_open_dir(const char *rel)
 	return fd;
 }
 
+/* master_open_dir() as a DIR stream; NULL on error. */
+static DIR *master_opendir(const char *rel)
+{
+	int dfd = master_open_dir(rel);
+	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+
+	if (d == NULL && dfd >= 0)
+		close(dfd);
+	return d;
+}
+
 static int master_fail_path(char **error_r, const char *dir, const char *rel, const char *why)
 {
 	if (asprintf(error_r, "%s/%s: %s; refusing to start (a link planted in data_dir?)", dir, rel, why) < 0)
@@ -388,18 +399,14 @@ static int master_lock(struct master *m, char **error_r)
  * yet, so all of them are leftovers of a crash. Runs as run_as. */
 static void master_clean_tmp(void)
 {
-	int dfd = master_open_dir(QUEUE_DIR_TMP);
-	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	DIR *d = master_opendir(QUEUE_DIR_TMP);
 	struct dirent *de;
 	int n = 0;
 
-	if (d == NULL) {
-		if (dfd >= 0)
-			close(dfd);
+	if (d == NULL)
 		return;
-	}
 	while ((de = readdir(d)) != NULL)
-		if (de->d_name[0] != '.' && unlinkat(dfd, de->d_name, 0) == 0)
+		if (de->d_name[0] != '.' && unlinkat(dirfd(d), de->d_name, 0) == 0)
 			n++;
 	closedir(d);
 	if (n > 0) {
@@ -494,16 +501,12 @@ static int master_init_store(struct master *m, char **error_r)
 
 static int master_count_dir(const char *path)
 {
-	int dfd = master_open_dir(path);
-	DIR *d = dfd >= 0 ? fdopendir(dfd) : NULL;
+	DIR *d = master_opendir(path);
 	struct dirent *de;
 	int n = 0;
 
-	if (d == NULL) {
-		if (dfd >= 0)
-			close(dfd);
+	if (d == NULL)
 		return -1;
-	}
 	while ((de = readdir(d)) != NULL)
 		if (de->d_name[0] != '.')
 			n++;
