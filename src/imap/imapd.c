@@ -2313,6 +2313,7 @@ int imapd_main(struct kale_ctx *ctx)
 		xfree(&err);
 		return 1;
 	}
+	store_set_mailbox_only(d.st);
 	d.base = event_base_new();
 	if (d.base == NULL)
 		goto out;

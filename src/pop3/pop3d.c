@@ -993,6 +993,7 @@ int pop3d_main(struct kale_ctx *ctx)
 		log_event(LOG_LVL_ERROR, "pop3.store_failed", "error", err, NULL);
 		goto cleanup;
 	}
+	store_set_mailbox_only(srv.st);
 	srv.base = event_base_new();
 	if (srv.base == NULL) {
 		log_event(LOG_LVL_ERROR, "pop3.event_failed", NULL);

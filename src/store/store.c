@@ -266,7 +266,7 @@ int store_address_norm(const char *in, char *out, size_t cap, char **error_r)
 	return 0;
 }
 
-int store_local_address(store *st, const char *in, char *addr, size_t acap,
+int store_local_address(store *st, const char *in, int relay_ok, char *addr, size_t acap,
     char *domain, size_t dcap, char **error_r)
 {
 	struct store_domain d;
@@ -291,7 +291,7 @@ int store_local_address(store *st, const char *in, char *addr, size_t acap,
 		return store_err_db(st, error_r, "store: domain lookup");
 	if (rc == 0)
 		return store_err(error_r, "domain %s does not exist", domain);
-	if (!d.local)
+	if (!d.local && !relay_ok)
 		return store_err(error_r, "domain %s is not a local domain", domain);
 	if (util_fmt(addr, acap, "%s@%s", local, domain) < 0)
 		return store_err(error_r, "address too long");

@@ -62,8 +62,13 @@ int store_user_del(store *st, const char *address, char **error_r);
 int store_user_exists(store *st, const char *address);
 /* 1 password right, 0 wrong or no such user, -1 error. Constant-time compare. */
 int store_user_check_password(store *st, const char *address, const char *password);
+/* From now on, store_user_check_password accepts only users of local
+ * domains (they have a mailbox): pop3d and imapd. Users of relay domains
+ * are LocalDB recipients and log in only for SMTP AUTH. */
+void store_set_mailbox_only(store *st);
 /* The same with a store handle of its own, opened and closed around the
- * check: for worker threads, which must not share a caller's handle. */
+ * check: for worker threads, which must not share a caller's handle. It is
+ * mailbox-only (only pop3d and imapd use it). */
 int store_user_check_password_once(const struct kale_config *cfg, const char *address,
     const char *password);
 /* domain may be NULL for all users. */

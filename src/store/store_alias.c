@@ -80,7 +80,7 @@ int store_alias_add(store *st, const char *address, const char *targets, char **
 	sqlite3_stmt *s = NULL;
 	int rc = -1;
 
-	if (store_local_address(st, address, addr, sizeof(addr), domain, sizeof(domain), error_r) < 0)
+	if (store_local_address(st, address, 0, addr, sizeof(addr), domain, sizeof(domain), error_r) < 0)
 		return -1;
 	if (targets == NULL || (norm = store_targets_norm(targets, error_r)) == NULL)
 		return targets == NULL ? store_err(error_r, "no targets") : -1;

@@ -36,6 +36,8 @@ struct store {
 	struct store_log_item *log;
 	int n_log, cap_log;
 	long log_dropped;
+
+	int mailbox_only;     /* password checks only for users with a mailbox */
 };
 
 /* Sets *error_r to a malloc'd formatted message; returns -1. */
@@ -55,9 +57,10 @@ int store_domain_name_norm(const char *in, char *out, size_t cap, char **error_r
 int store_localpart_norm(const char *in, char *out, size_t cap, char **error_r);
 /* any syntactically valid address (alias targets): dot-atom@domain */
 int store_address_norm(const char *in, char *out, size_t cap, char **error_r);
-/* ADDRESS in an existing local domain; fills the normalised address and
- * its domain. */
-int store_local_address(store *st, const char *in, char *addr, size_t acap,
+/* ADDRESS in an existing local domain (or, with relay_ok, in any existing
+ * domain: users of a relay domain are LocalDB recipients without a mailbox);
+ * fills the normalised address and its domain. */
+int store_local_address(store *st, const char *in, int relay_ok, char *addr, size_t acap,
     char *domain, size_t dcap, char **error_r);
 
 /* store_net.c: marks the in-memory list stale after a local change. */

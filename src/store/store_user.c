@@ -103,7 +103,7 @@ int store_user_add(store *st, const char *address, const char *password, char **
 	char *hash = NULL;
 	int rc;
 
-	if (store_local_address(st, address, addr, sizeof(addr), domain, sizeof(domain), error_r) < 0)
+	if (store_local_address(st, address, 1, addr, sizeof(addr), domain, sizeof(domain), error_r) < 0)
 		return -1;
 	if (password != NULL && *password != '\0' && (hash = store_hash(password, error_r)) == NULL)
 		return -1;
@@ -181,7 +181,12 @@ int store_user_check_password(store *st, const char *address, const char *passwo
 
 	if (address == NULL || password == NULL)
 		return 0;
-	s = store_prepare(st, "SELECT password_hash FROM users WHERE address = ?", NULL);
+	/* POP3 and IMAP serve mailboxes: a user of a relay domain (a LocalDB
+	 * recipient) has none, and logs in only for SMTP AUTH. */
+	s = store_prepare(st, st->mailbox_only
+	    ? "SELECT u.password_hash FROM users u JOIN domains d ON d.name = u.domain"
+	      " WHERE u.address = ? AND d.local = 1"
+	    : "SELECT password_hash FROM users WHERE address = ?", NULL);
 	if (s == NULL)
 		return -1;
 	store_bind_text(s, 1, address);
@@ -205,6 +210,11 @@ int store_user_check_password(store *st, const char *address, const char *passwo
 	free(data);
 	free(hash);
 	return rc;
+}
+
+void store_set_mailbox_only(store *st)
+{
+	st->mailbox_only = 1;
 }
 
 int store_user_list(store *st, const char *domain, int (*cb)(void *ctx, const char *address), void *ctx)
@@ -316,7 +326,7 @@ static int store_import_parse(store *st, char *buf, long lineno, struct store_im
 	*end = '\0';
 	if (comma != NULL && comma[1] != '\0')
 		l->password = xstrdup(comma + 1);
-	if (store_local_address(st, p, l->addr, sizeof(l->addr), l->domain, sizeof(l->domain),
+	if (store_local_address(st, p, 1, l->addr, sizeof(l->addr), l->domain, sizeof(l->domain),
 	    &l->error) < 0)
 		return 1;
 	return 1;
@@ -423,6 +433,7 @@ int store_user_check_password_once(const struct kale_config *cfg, const char *ad
 		free(err);
 		return -1;
 	}
+	store_set_mailbox_only(st);
 	rc = store_user_check_password(st, address, password);
 	store_close(&st);
 	return rc;

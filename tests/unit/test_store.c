@@ -295,7 +295,15 @@ static void test_users(void **state)
 	assert_int_equal(store_user_exists(f->st, "ALICE@EXAMPLE.TEST"), 1);
 	assert_int_equal(store_user_exists(f->st, "bob@example.test"), 0);
 	assert_int_equal(user_add_err(f->st, "alice@example.test", "already exists"), -1);
-	assert_int_equal(user_add_err(f->st, "bob@relay.test", "not a local domain"), -1);
+	/* a relay domain's user is a LocalDB recipient: it exists, may log in
+	 * (SMTP AUTH), but not where a mailbox is needed (POP3/IMAP) */
+	assert_int_equal(store_user_add(f->st, "bob@relay.test", "pw", &err), 0);
+	assert_int_equal(store_user_exists(f->st, "bob@relay.test"), 1);
+	assert_int_equal(store_user_check_password(f->st, "bob@relay.test", "pw"), 1);
+	assert_int_equal(store_user_check_password(f->st, "alice@example.test", "s3cret"), 1);
+	store_set_mailbox_only(f->st);
+	assert_int_equal(store_user_check_password(f->st, "bob@relay.test", "pw"), 0);
+	assert_int_equal(store_user_check_password(f->st, "alice@example.test", "s3cret"), 1);
 	assert_int_equal(user_add_err(f->st, "bob@nowhere.test", "does not exist"), -1);
 	assert_int_equal(user_add_err(f->st, "bob", "local@domain"), -1);
 	assert_int_equal(user_add_err(f->st, "@example.test", "empty"), -1);
@@ -343,10 +351,10 @@ static void test_users(void **state)
 	}
 
 	assert_int_equal(store_user_list(f->st, NULL, collect, list), 0);
-	assert_string_equal(list, "alice@example.test;b.o_b+x-y@example.test;nopw@example.test;");
+	assert_string_equal(list, "alice@example.test;b.o_b+x-y@example.test;nopw@example.test;bob@relay.test;");
 	list[0] = '\0';
 	assert_int_equal(store_user_list(f->st, "relay.test", collect, list), 0);
-	assert_string_equal(list, "");
+	assert_string_equal(list, "bob@relay.test;");
 	assert_int_equal(store_user_del(f->st, "Alice@example.test", &err), 0);
 	assert_int_equal(store_user_exists(f->st, "alice@example.test"), 0);
 	assert_int_equal(store_user_del(f->st, "alice@example.test", &err), -1);
@@ -679,7 +687,7 @@ static void test_import(void **state)
 		"\n"                                    /* 3 */
 		"one@example.test,pw-one\n"             /* 4 */
 		"Two@Example.test\r\n"                  /* 5 no password, CRLF */
-		"three@relay.test,x\n"                  /* 6 not local */
+		"three@relay.test,x\n"                  /* 6 relay domain: LocalDB user */
 		"bad address@example.test,x\n"          /* 7 syntax */
 		"one@example.test,again\n"              /* 8 duplicate */
 		"four@nowhere.test\n"                   /* 9 unknown domain */
@@ -693,16 +701,16 @@ static void test_import(void **state)
 	assert_non_null(fp);
 	assert_int_equal(store_user_import(f->st, fp, imp_progress, &im, imp_err, &im, &ok, &bad, &err), 0);
 	fclose(fp);
-	assert_int_equal(ok, 4);
-	assert_int_equal(bad, 5);
-	assert_int_equal(im.n_err, 5);
-	assert_int_equal(im.lines[0], 6);
-	assert_non_null(strstr(im.msgs[0], "not a local domain"));
-	assert_int_equal(im.lines[1], 7);
-	assert_int_equal(im.lines[2], 8);
-	assert_non_null(strstr(im.msgs[2], "already exists"));
-	assert_int_equal(im.lines[3], 9);
-	assert_int_equal(im.lines[4], 10);
+	assert_int_equal(ok, 5);
+	assert_int_equal(bad, 4);
+	assert_int_equal(im.n_err, 4);
+	assert_int_equal(im.lines[0], 7);
+	assert_int_equal(im.lines[1], 8);
+	assert_non_null(strstr(im.msgs[1], "already exists"));
+	assert_int_equal(im.lines[2], 9);
+	assert_non_null(strstr(im.msgs[2], "does not exist"));
+	assert_int_equal(im.lines[3], 10);
+	assert_int_equal(store_user_exists(f->st, "three@relay.test"), 1);
 	assert_int_equal(im.last_progress, 12);
 	assert_int_equal(store_user_check_password(f->st, "one@example.test", "pw-one"), 1);
 	assert_int_equal(store_user_check_password(f->st, "five@example.test", "pass,with,commas"), 1);
