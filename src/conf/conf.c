@@ -24,6 +24,7 @@
 enum conf_type {
 	CT_HOSTNAME,   /* char *, DNS name characters */
 	CT_USER,       /* char *, user name characters */
+	CT_ADDRESS,    /* char *, local@domain; NULL when absent */
 	CT_PATH,       /* char *, made absolute against cfg->dir */
 	CT_LISTEN,     /* struct conf_listen, empty = off */
 	CT_DNS,        /* struct conf_listen of IP literals, port optional (53) */
@@ -52,6 +53,8 @@ static const struct conf_key conf_keys[] = {
 	CK("server", "hostname", CT_HOSTNAME, hostname, 0, 0),
 	CK("server", "data_dir", CT_PATH, data_dir, 0, 0),
 	CK("server", "run_as", CT_USER, run_as, 0, 0),
+	CK("server", "postmaster", CT_ADDRESS, postmaster, 0, 0),
+	CK("server", "root_alias", CT_ADDRESS, root_alias, 0, 0),
 	CK("listen", "smtp", CT_LISTEN, smtp, 0, 0),
 	CK("listen", "submission", CT_LISTEN, submission, 0, 0),
 	CK("listen", "submissions", CT_LISTEN, submissions, 0, 0),
@@ -420,6 +423,22 @@ static int conf_set(struct conf_parser *p, const struct conf_key *k, char *value
 		if (k->type == CT_HOSTNAME)
 			util_lower(*sfield);
 		return 0;
+	case CT_ADDRESS: {
+		/* dot-atom local part @ a host name; checked again by the store */
+		const char *at = strrchr(value, '@');
+		free(*sfield);
+		*sfield = NULL;
+		if (at == NULL || at == value || at - value > 64 || !conf_name_ok(at + 1, 1) ||
+		    strspn(value, "abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789"
+		    ".!#$%&'*+/=?^_`{|}~-") != (size_t)(at - value)) {
+			conf_error(p, p->line, "[%s] %s: bad address '%.100s' (expected local@domain)",
+			    k->section, k->name, value);
+			return -1;
+		}
+		*sfield = xstrdup(value);
+		util_lower(*sfield);
+		return 0;
+	}
 	case CT_PATH:
 		if (strlen(p->cfg->dir) + strlen(value) + 2 > PATH_MAX) {
 			conf_error(p, p->line, "[%s] %s: path too long", k->section, k->name);
@@ -772,6 +791,8 @@ void conf_free(struct kale_config *cfg)
 	free(cfg->hostname);
 	free(cfg->data_dir);
 	free(cfg->run_as);
+	free(cfg->postmaster);
+	free(cfg->root_alias);
 	free(cfg->tls_cert);
 	free(cfg->tls_key);
 	free(cfg->db_url);

@@ -28,6 +28,8 @@ struct kale_config {
 	char *hostname;      /* default: system hostname */
 	char *data_dir;      /* absolute after loading; default /var/lib/kale */
 	char *run_as;        /* default "kale" */
+	char *postmaster;    /* NULL: postmaster@ the first local domain that has one */
+	char *root_alias;    /* NULL: the postmaster; where LOCAL@hostname goes */
 
 	/* [listen] */
 	struct conf_listen smtp, submission, submissions, pop3, pop3s, imap, imaps, admin;

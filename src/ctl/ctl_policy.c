@@ -65,8 +65,7 @@ int ctl_policy_domain(struct ctl *c, int argc, char **argv)
 				return ctl_fail("relay too long");
 		}
 		if (util_fmt(d.tls, sizeof(d.tls), "%s", tls ? tls : "opportunistic") < 0 ||
-		    util_fmt(d.verify, sizeof(d.verify), "%s",
-		    verify == NULL || strcmp(verify, "none") == 0 ? "" : verify) < 0)
+		    util_fmt(d.verify, sizeof(d.verify), "%s", verify ? verify : "") < 0)
 			return ctl_fail("verification profile name too long");
 		if (ctl_open_store(c) < 0)
 			return CTL_EXIT_FAIL;

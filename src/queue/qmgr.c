@@ -12,6 +12,7 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <strings.h>
 #include <time.h>
 #include <unistd.h>
 #include <sys/inotify.h>
@@ -482,8 +483,8 @@ static void qmgr_run_free(struct qmgr_run *run)
 
 /* Writes a new message (a DSN) into the queue: tmp, fsync, rename into
  * incoming, fsync the directory. 0 ok, -1 error (logged). */
-static int qmgr_enqueue(struct qmgr *q, const char *body, size_t len, const char *rcpt,
-    char qid[32])
+static int qmgr_enqueue(struct qmgr *q, const char *body, size_t len, const char *sender,
+    char *const *rcpt, int n_rcpt, char qid[32])
 {
 	struct queue_env env;
 	char tmp[128], dst[128];
@@ -496,14 +497,15 @@ static int qmgr_enqueue(struct qmgr *q, const char *body, size_t len, const char
 	env.arrival = time(NULL);
 	env.client_ip = (char *)"";
 	env.helo = q->cfg->hostname;
-	env.sender = (char *)"";
+	env.sender = (char *)sender;
 	env.body_len = len;
 	for (size_t i = 0; i < len; i++)
 		if ((unsigned char)body[i] >= 0x80) {
 			env.body8bit = 1;
 			break;
 		}
-	queue_env_add_rcpt(&env, rcpt, rcpt, NULL, 0);
+	for (int i = 0; i < n_rcpt; i++)
+		queue_env_add_rcpt(&env, rcpt[i], rcpt[i], NULL, 0);
 	util_fmt(tmp, sizeof(tmp), QUEUE_DIR_TMP "/%s", qid);
 	util_fmt(dst, sizeof(dst), QUEUE_DIR_INCOMING "/%s", qid);
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0600);
@@ -548,6 +550,7 @@ static void qmgr_bounce(struct qmgr *q, struct qmgr_run *run)
 {
 	struct dsn_rcpt *dr;
 	struct dsn_info info;
+	char to[320] = "", from[300] = "";
 	int n = 0, ok = 1;
 
 	if (run->n_failed == 0)
@@ -566,11 +569,32 @@ static void qmgr_bounce(struct qmgr *q, struct qmgr_run *run)
 		dr[n].diag = f->diag;
 		n++;
 	}
+	/* A bounce that bounces (a double bounce) goes to the postmaster, from
+	 * double-bounce@hostname as Postfix sends it; a notice of that kind
+	 * that fails in turn goes nowhere, so nothing loops. */
 	if (n > 0 && run->env.sender[0] == '\0') {
-		/* a bounce that bounces goes nowhere */
+		int r = store_postmaster(q->st, q->cfg, to, sizeof(to));
+		if (r < 0) {
+			free(dr);
+			qmgr_defer(run, "policy store unavailable");
+			return;
+		}
+		if (r == 0) {
+			log_event(LOG_LVL_WARN, "dsn.dropped", "qid", run->env.qid,
+			    "reason", "a double bounce, and no postmaster is set", NULL);
+			n = 0;
+		} else if (util_fmt(from, sizeof(from), "double-bounce@%s", q->cfg->hostname) < 0) {
+			n = 0;
+		}
+	} else if (n > 0 && strncasecmp(run->env.sender, "double-bounce@", 14) == 0 &&
+	    strcasecmp(run->env.sender + 14, q->cfg->hostname) == 0) {
 		log_event(LOG_LVL_WARN, "dsn.dropped", "qid", run->env.qid,
-		    "reason", "the null sender gets no DSN", NULL);
+		    "reason", "a failed double-bounce notice gets no DSN", NULL);
+		n = 0;
 	} else if (n > 0) {
+		util_fmt(to, sizeof(to), "%s", run->env.sender);
+	}
+	if (n > 0) {
 		char dsn_qid[32], *text, *orig;
 		size_t len, olen;
 		int full = run->env.ret == 1 && run->env.body_len <= DSN_ORIG_MAX;
@@ -586,16 +610,21 @@ static void qmgr_bounce(struct qmgr *q, struct qmgr_run *run)
 		info.reporting_mta = q->cfg->hostname;
 		info.qid = run->env.qid;
 		info.envid = run->env.envid;
-		info.sender = run->env.sender;
+		info.sender = to;
 		info.arrival = run->env.arrival;
 		info.now = time(NULL);
 		info.boundary_seed = dsn_qid;
 		text = dsn_build(&info, dr, n, orig, olen, full, &len);
-		if (qmgr_enqueue(q, text, len, run->env.sender, dsn_qid) < 0)
+		/* the postmaster may be an alias: queued for its final targets */
+		char **t = NULL, *one[1] = { to };
+		int nt = from[0] ? store_rcpt_resolve(q->st, to, &t, NULL) : 0;
+		if (nt < 0 || qmgr_enqueue(q, text, len, from, nt > 0 ? t : one, nt > 0 ? nt : 1,
+		    dsn_qid) < 0)
 			ok = 0;
 		else
 			log_event(LOG_LVL_INFO, "dsn.queued", "qid", dsn_qid, "orig", run->env.qid,
-			    "to", run->env.sender, NULL);
+			    "to", to, from[0] ? "from" : NULL, from, NULL);
+		store_targets_free(t, nt > 0 ? nt : 0);
 		free(text);
 		free(orig);
 	}

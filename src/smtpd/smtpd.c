@@ -177,7 +177,7 @@ static int smtpd_sender_owned(struct smtpd_session *s, const char *sender);
 static int smtpd_header_from(int fd, char *addr, size_t cap);
 static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a);
 static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *pp, const char *addr,
-    int found, const struct store_domain *dom);
+    int found, const struct store_domain *dom, int special);
 static void smtpd_close(struct smtpd_session *s);
 
 /* ---------- replies and logging ---------- */
@@ -751,34 +751,68 @@ static void smtpd_cmd_mail(struct smtpd_session *s, const char *arg)
 	smtpd_reply(s, "250 2.1.0 Ok");
 }
 
-/* Finds the local domain for an unqualified "postmaster": the first local
- * domain that has a postmaster user or alias; first is the first local
- * domain at all, the fallback when none has. */
-struct smtpd_pm {
-	store *st;
-	char addr[300];
-	char first[256];
-};
-
-static int smtpd_pm_cb(void *ctx, const struct store_domain *d)
+/* The first local domain, the postmaster's fallback when none is set and no
+ * local domain has a postmaster user or alias. */
+static int smtpd_first_local_cb(void *ctx, const struct store_domain *d)
 {
-	struct smtpd_pm *pm = ctx;
-	char **t = NULL;
-	char addr[300];
-	int n;
-
 	if (!d->local)
 		return 0;
-	if (pm->first[0] == '\0')
-		snprintf(pm->first, sizeof(pm->first), "%s", d->name);
-	snprintf(addr, sizeof(addr), "postmaster@%s", d->name);
-	n = store_rcpt_resolve(pm->st, addr, &t, NULL);
-	store_targets_free(t, n > 0 ? n : 0);
-	if (n > 0) {
-		snprintf(pm->addr, sizeof(pm->addr), "%s", addr);
-		return 1;
+	snprintf(ctx, 256, "%s", d->name);
+	return 1;
+}
+
+static int smtpd_is_postmaster(const char *addr)
+{
+	const char *at = strrchr(addr, '@');
+	size_t n = at ? (size_t)(at - addr) : strlen(addr);
+	return n == 10 && strncasecmp(addr, "postmaster", 10) == 0;
+}
+
+/* Rewrites RCPT for names of this host that no domain record covers:
+ * unqualified "postmaster" and postmaster@hostname go to the postmaster
+ * (RFC 5321 4.5.1: always accepted), any other LOCAL@hostname (root,
+ * cron's users) to the root alias, for local, trusted and authenticated
+ * clients. 1 rewritten (p and addr), 0 not ours, -1 error (replied). */
+static int smtpd_rcpt_host(struct smtpd_session *s, struct smtp_path *p, char *addr, size_t cap)
+{
+	const struct kale_config *cfg = s->w->cfg;
+	struct store_domain d;
+	char to[300], first[256] = "";
+	int pm = smtpd_is_postmaster(p->addr), r;
+
+	if (p->domain[0] != '\0') {
+		if (p->domain_literal || strcasecmp(p->domain, cfg->hostname) != 0)
+			return 0;
+		if ((r = store_domain_get(s->w->st, p->domain, &d)) != 0) {
+			if (r > 0)
+				return 0;       /* the host name is a domain of its own */
+			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
+			return -1;
+		}
+		if (!pm && s->kind != LISTEN_LOCAL && !s->trusted && s->auth_address == NULL)
+			return 0;
 	}
-	return 0;
+	r = pm ? store_postmaster(s->w->st, cfg, to, sizeof(to))
+	       : store_root_alias(s->w->st, cfg, to, sizeof(to));
+	if (r < 0) {
+		smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
+		return -1;
+	}
+	if (r == 0) {
+		/* Nobody configured: queued for postmaster of the first local
+		 * domain (or of this host) all the same, with a warning. */
+		if (store_domain_list(s->w->st, smtpd_first_local_cb, first) < 0) {
+			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
+			return -1;
+		}
+		snprintf(to, sizeof(to), "postmaster@%s", first[0] ? first : cfg->hostname);
+		log_event(LOG_LVL_WARN, "smtp.postmaster", "client", s->ip, "rcpt", addr, "to", to,
+		    "reason", "no [server] postmaster, and no postmaster user or alias in a local domain",
+		    NULL);
+	}
+	snprintf(addr, cap, "%s", to);
+	snprintf(p->domain, sizeof(p->domain), "%s", strrchr(to, '@') + 1);
+	return 1;
 }
 
 static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
@@ -788,7 +822,7 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 	struct store_domain dom;
 	const char *err;
 	char addr[300];
-	int found;
+	int found, special;
 
 	if (!tx->active) {
 		smtpd_reply(s, "503 5.5.1 Need MAIL before RCPT");
@@ -808,30 +842,16 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 		return;
 	}
 	snprintf(addr, sizeof(addr), "%s", p.addr);
-	if (p.domain[0] == '\0') {             /* unqualified postmaster */
-		struct smtpd_pm pm = { s->w->st, "", "" };
-		if (store_domain_list(s->w->st, smtpd_pm_cb, &pm) < 0) {
-			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
-			return;
-		}
-		if (pm.addr[0] == '\0') {
-			/* RFC 5321 4.5.1: postmaster is always accepted. Without a
-			 * postmaster user or alias it is queued for postmaster of
-			 * the first local domain (or of this host) all the same. */
-			snprintf(pm.addr, sizeof(pm.addr), "postmaster@%s",
-			    pm.first[0] ? pm.first : s->w->cfg->hostname);
-			log_event(LOG_LVL_WARN, "smtp.postmaster", "client", s->ip, "to", pm.addr,
-			    "reason", "no postmaster user or alias in a local domain", NULL);
-		}
-		snprintf(addr, sizeof(addr), "%s", pm.addr);
-		snprintf(p.domain, sizeof(p.domain), "%s", strchr(pm.addr, '@') + 1);
-	}
+	if ((special = smtpd_rcpt_host(s, &p, addr, sizeof(addr))) < 0)
+		return;
 	found = p.domain_literal ? 0 : store_domain_get(s->w->st, p.domain, &dom);
 	if (found < 0) {
 		smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
 		return;
 	}
-	if (found && dom.verify[0] && strcmp(dom.verify, "none") != 0 && s->w->pool) {
+	/* postmaster@ any domain we accept is never refused by a profile */
+	special |= found && smtpd_is_postmaster(addr);
+	if (!special && found && dom.verify[0] && strcmp(dom.verify, "none") != 0 && s->w->pool) {
 		/* The domain's verification profile decides first, off the loop. */
 		struct smtpd_rcptwait *rw = xcalloc(1, sizeof(*rw));
 		rw->p = p;
@@ -848,7 +868,7 @@ static void smtpd_cmd_rcpt(struct smtpd_session *s, const char *arg)
 		}
 		return;
 	}
-	smtpd_rcpt_decide(s, &p, addr, found, &dom);
+	smtpd_rcpt_decide(s, &p, addr, found, &dom, special);
 }
 
 /* The verification profile answered: go on with RCPT where it stopped. */
@@ -870,7 +890,7 @@ static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
 	    "result", a->result == LOOKUP_FOUND ? "found" : a->result == LOOKUP_MISSING ? "missing" : "error",
 	    "detail", a->detail, "usec", usec, NULL);
 	if (a->result == LOOKUP_FOUND) {
-		smtpd_rcpt_decide(s, &rw->p, rw->addr, 1, &rw->dom);
+		smtpd_rcpt_decide(s, &rw->p, rw->addr, 1, &rw->dom, 0);
 	} else {
 		const char *text = a->result == LOOKUP_MISSING
 		    ? "550 5.1.1 Recipient address rejected: User unknown"
@@ -895,14 +915,15 @@ static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
 	smtpd_process(s);
 }
 
-/* Decides RCPT once the domain (and any verification profile) is known. */
+/* Decides RCPT once the domain (and any verification profile) is known.
+ * special: postmaster or a name of this host (never refused; 2 once
+ * rewritten to the postmaster, which is not rewritten again). */
 static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *pp, const char *addr,
-    int found, const struct store_domain *dom)
+    int found, const struct store_domain *dom, int special)
 {
 	struct smtpd_tx *tx = &s->tx;
 	char **targets = NULL;
 	char *error = NULL;
-	int pm = strchr(pp->addr, '@') == NULL;   /* unqualified postmaster */
 	int n = 0;
 
 	if (found && dom->local) {
@@ -913,7 +934,20 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
 			return;
 		}
-		if (n == 0 && pm) {
+		if (n == 0 && special == 1 && smtpd_is_postmaster(addr)) {
+			/* postmaster@ a local domain without one: the postmaster */
+			struct store_domain d2;
+			char to[300];
+			int f2 = -1;
+			if (store_postmaster(s->w->st, s->w->cfg, to, sizeof(to)) == 1 &&
+			    strcasecmp(to, addr) != 0 &&
+			    (f2 = store_domain_get(s->w->st, strrchr(to, '@') + 1, &d2)) >= 0) {
+				store_targets_free(targets, 0);
+				smtpd_rcpt_decide(s, pp, to, f2, &d2, 2);
+				return;
+			}
+		}
+		if (n == 0 && special) {
 			store_targets_free(targets, 0);
 			targets = xmalloc(sizeof(char *));
 			targets[0] = xstrdup(addr);
@@ -923,10 +957,10 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 			smtpd_reject(s, addr, "550 5.1.1 Recipient address rejected: User unknown");
 			return;
 		}
-	} else if (found || s->trusted || s->auth_address || pm) {
+	} else if (found || s->trusted || s->auth_address || special) {
 		/* Relay domain, or a trusted or authenticated client relaying
-		 * anywhere, or postmaster@hostname on a host without local
-		 * domains: queued for the remote delivery agent. */
+		 * anywhere, or the postmaster / root alias elsewhere: queued
+		 * for the remote delivery agent. */
 		targets = xmalloc(sizeof(char *));
 		targets[0] = xstrdup(addr);
 		n = 1;

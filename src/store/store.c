@@ -126,8 +126,18 @@ static const char *const store_mig3[] = {
 	NULL
 };
 
+/* Version 4: a domain routed by ldap:PROFILE verifies with that profile
+ * by default (store_domain_add); domains made before, which had no
+ * verification, get it. */
+static const char *const store_mig4[] = {
+	"UPDATE domains SET verify = substr(relay, 6) WHERE local = 0 AND verify = ''"
+	" AND relay LIKE 'ldap:%' AND substr(relay, 6) IN (SELECT name FROM verify_profiles)",
+	NULL
+};
+
 /* migrations[i] brings the schema from version i to i + 1 */
-static const char *const *const store_migrations[] = { store_mig1, store_mig2, store_mig3 };
+static const char *const *const store_migrations[] = { store_mig1, store_mig2, store_mig3,
+	store_mig4 };
 #define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
 
 int store_err(char **error_r, const char *fmt, ...)
@@ -520,6 +530,7 @@ int store_domain_add(store *st, const struct store_domain *d, char **error_r)
 {
 	char name[256];
 	const char *tls = d->tls[0] ? d->tls : "opportunistic";
+	const char *verify = d->verify;
 	sqlite3_stmt *s = NULL;
 	int rc = -1;
 
@@ -533,7 +544,14 @@ int store_domain_add(store *st, const struct store_domain *d, char **error_r)
 		return -1;
 	if (strcmp(tls, "opportunistic") != 0 && strcmp(tls, "require") != 0)
 		return store_err(error_r, "tls must be 'opportunistic' or 'require'");
-	if (store_verify_check(st, d->verify, error_r) < 0)
+	/* A domain routed by ldap:PROFILE asks that profile at RCPT unless
+	 * the caller says otherwise ("none"): its directory knows who exists,
+	 * and accepting the others would bounce them later (backscatter). */
+	if (strcmp(verify, "none") == 0)
+		verify = "";
+	else if (verify[0] == '\0' && !d->local && strncmp(d->relay, "ldap:", 5) == 0)
+		verify = d->relay + 5;
+	if (store_verify_check(st, verify, error_r) < 0)
 		return -1;
 	s = store_prepare(st, "INSERT INTO domains(name, local, relay, tls, verify) "
 	    "VALUES (?, ?, ?, ?, ?)", error_r);
@@ -543,7 +561,7 @@ int store_domain_add(store *st, const struct store_domain *d, char **error_r)
 	sqlite3_bind_int(s, 2, d->local ? 1 : 0);
 	store_bind_text(s, 3, d->local ? "" : d->relay);
 	store_bind_text(s, 4, tls);
-	store_bind_text(s, 5, d->verify);
+	store_bind_text(s, 5, verify);
 	switch (sqlite3_step(s)) {
 	case SQLITE_DONE:
 		rc = 0;

@@ -32,6 +32,8 @@ struct store_domain {
 };
 /* 1 found (fills *d_r), 0 missing, -1 error. Name is matched case-insensitively. */
 int store_domain_get(store *st, const char *name, struct store_domain *d_r);
+/* d->verify "" takes the default (a domain routed by ldap:PROFILE verifies
+ * with PROFILE, any other none); "none" is no verification. */
 int store_domain_add(store *st, const struct store_domain *d, char **error_r);
 int store_domain_set_verify(store *st, const char *name, const char *verify, char **error_r);
 int store_domain_del(store *st, const char *name, char **error_r);
@@ -51,6 +53,13 @@ int store_relay_check(const char *relay, char **error_r);
  * strings in *targets_r, 0 if the address is unknown, -1 on error. */
 int store_rcpt_resolve(store *st, const char *address, char ***targets_r, char **error_r);
 void store_targets_free(char **targets, int n);
+/* The postmaster: [server] postmaster if set, else postmaster@ the first
+ * local domain (by name) where that address resolves, else [server]
+ * root_alias. 1 with the address in out, 0 if there is none, -1 on error. */
+int store_postmaster(store *st, const struct kale_config *cfg, char *out, size_t cap);
+/* Where mail for LOCAL@hostname (root, cron users, unqualified names) goes:
+ * [server] root_alias if set, else the postmaster. As store_postmaster. */
+int store_root_alias(store *st, const struct kale_config *cfg, char *out, size_t cap);
 
 /* ---- users ---- */
 /* password may be NULL (no login; the mailbox still receives mail). The

@@ -6,6 +6,7 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include "conf/conf.h"
 #include "lib/util.h"
 
 #define STORE_ALIAS_DEPTH   10    /* levels of aliases below the address asked for */
@@ -302,4 +303,51 @@ void store_targets_free(char **targets, int n)
 	for (int i = 0; i < n; i++)
 		free(targets[i]);
 	free(targets);
+}
+
+struct store_pm {
+	store *st;
+	char *out;
+	size_t cap;
+	int found, err;
+};
+
+static int store_pm_cb(void *ctx, const struct store_domain *d)
+{
+	struct store_pm *pm = ctx;
+	char addr[300], **t = NULL;
+	int n;
+
+	if (!d->local || util_fmt(addr, sizeof(addr), "postmaster@%s", d->name) < 0)
+		return 0;
+	n = store_rcpt_resolve(pm->st, addr, &t, NULL);
+	store_targets_free(t, n > 0 ? n : 0);
+	if (n < 0)
+		pm->err = 1;
+	if (n <= 0)
+		return n < 0;
+	pm->found = util_fmt(pm->out, pm->cap, "%s", addr) == 0;
+	return 1;
+}
+
+int store_postmaster(store *st, const struct kale_config *cfg, char *out, size_t cap)
+{
+	struct store_pm pm = { st, out, cap, 0, 0 };
+
+	if (cfg->postmaster != NULL)
+		return util_fmt(out, cap, "%s", cfg->postmaster) == 0 ? 1 : -1;
+	if (store_domain_list(st, store_pm_cb, &pm) < 0 || pm.err)
+		return -1;
+	if (pm.found)
+		return 1;
+	if (cfg->root_alias != NULL)
+		return util_fmt(out, cap, "%s", cfg->root_alias) == 0 ? 1 : -1;
+	return 0;
+}
+
+int store_root_alias(store *st, const struct kale_config *cfg, char *out, size_t cap)
+{
+	if (cfg->root_alias != NULL)
+		return util_fmt(out, cap, "%s", cfg->root_alias) == 0 ? 1 : -1;
+	return store_postmaster(st, cfg, out, cap);
 }

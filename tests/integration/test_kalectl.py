@@ -96,7 +96,11 @@ def test_refused_actions_exit_1(node):
     for relay in ("mx", "smtp.example.org", "smtp.example.org:2525", "192.0.2.1:25",
                   "[2001:db8::1]", "[2001:db8::1]:2525", "ldap:corp"):
         name = "r%d.test" % abs(hash(relay) % 100000)
-        node.ctl("domain", "add", name, "--relay", relay, "--tls", "require")
+        node.ctl("domain", "add", name, "--relay", relay, "--tls", "require",
+                 *(["--verify", "none"] if relay.startswith("ldap:") else []))
+    # ldap:PROFILE verifies with PROFILE by default: it must exist
+    refused(node.ctl("domain", "add", "l.test", "--relay", "ldap:nope", check=False),
+            "no verification profile 'nope'")
     refused(node.ctl("user", "add", "a@nowhere.test", check=False), "does not exist")
     node.ctl("user", "add", "a@example.test")
     refused(node.ctl("user", "add", "A@example.test", check=False), "already exists")
@@ -171,7 +175,7 @@ def test_import_with_bad_lines(node):
     assert "already exists" in lines[1]
     # three@relay.test is a LocalDB user of the relay domain
     assert node.ctl("user", "list").stdout.split() == [
-        "four@example.test", "one@example.test", "three@relay.test", "two@example.test"]
+        "four@example.test", "one@example.test", "two@example.test", "three@relay.test"]
     refused(node.ctl("user", "import", os.path.join(node.dir, "missing.csv"), check=False),
             "cannot open")
 

@@ -3,7 +3,7 @@ next hop of each recipient from its directory entry (the profile's
 --route-attribute, mailHost by default), against a real slapd and a real
 next hop on loopback. A recipient the directory does not know bounces; one
 whose entry has no usable route is deferred, never bounced."""
-from conftest import kale_wait, smtp_msg, smtp_qid, smtp_send
+from conftest import SmtpRaw, kale_wait, smtp_expect, smtp_msg, smtp_qid, smtp_send
 from fixtures_db import (LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_READER, LDAP_READER_PW, SUFFIX,  # noqa: F401
                          _run, slapd)
 from relaysink import Sink
@@ -36,7 +36,8 @@ def test_ldap_route_per_recipient(kale_factory, slapd, sink):  # noqa: F811
     k.ctl("verify", "add", "routes", "--type", "ldap", "--url", slapd.url(), "--base", SUFFIX,
           "--filter", "(mail=%m)", "--bind-dn", LDAP_READER, "--bind-password-stdin",
           input=LDAP_READER_PW + "\n")
-    k.ctl("domain", "add", "route.test", "--relay", "ldap:routes")
+    # without verification at RCPT, to see what qmgr does with each
+    k.ctl("domain", "add", "route.test", "--relay", "ldap:routes", "--verify", "none")
     k.start()
     routed = "routed-%s@route.test" % tag
     noroute = "noroute-%s@route.test" % tag
@@ -54,3 +55,31 @@ def test_ldap_route_per_recipient(kale_factory, slapd, sink):  # noqa: F811
     assert any((r.get("code") or "").startswith("451 4.4.4") for r in rows), rows
     rows = wait_log(k, unknown, "bounced")
     assert any((r.get("code") or "").startswith("550 5.1.1") for r in rows), rows
+
+
+def test_ldap_routed_domain_verifies_at_rcpt_by_default(kale_factory, slapd, sink):  # noqa: F811
+    """A domain routed by ldap:PROFILE asks PROFILE at RCPT unless --verify
+    says otherwise: the unknown recipient is refused at once, not bounced
+    later (backscatter)."""
+    slapd.ensure()
+    tag = "v%d" % sink.port
+    _run(["ldapadd", "-x", "-H", slapd.url(), "-D", LDAP_ADMIN, "-w", LDAP_ADMIN_PW],
+         input="dn: uid=known-%s,ou=people,%s\nobjectClass: inetOrgPerson\n"
+               "objectClass: inetLocalMailRecipient\nuid: known-%s\ncn: K\nsn: K\n"
+               "mail: known-%s@rt.test\nmailHost: 127.0.0.1:%d\n" % (tag, SUFFIX, tag, tag, sink.port))
+    k = kale_factory(start=False, extra_conf=FAST)
+    k.ctl("verify", "add", "routes", "--type", "ldap", "--url", slapd.url(), "--base", SUFFIX,
+          "--filter", "(mail=%m)", "--bind-dn", LDAP_READER, "--bind-password-stdin",
+          input=LDAP_READER_PW + "\n")
+    k.ctl("domain", "add", "rt.test", "--relay", "ldap:routes")
+    assert k.ctl("domain", "list").stdout.splitlines()[-1].split()[-1] == "routes"
+    k.start()
+    known = "known-%s@rt.test" % tag
+    with SmtpRaw(k.port) as c:
+        c.ehlo()
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<nobody-%s@rt.test>" % tag), 550, "5.1.1")
+        smtp_expect(c.cmd("RCPT TO:<%s>" % known), 250, "2.1.5")
+        smtp_qid(c.data(smtp_msg("verified", to=known)))
+    assert kale_wait(lambda: len(sink.txs) >= 1, WAIT), k.log_text()[-3000:]
+    assert sink.delivered() == [known]

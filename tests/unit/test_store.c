@@ -191,7 +191,17 @@ static void test_domains(void **state)
 	assert_int_equal(domain_add_err(f->st, "r3.test", 0, "192.0.2.1", NULL, NULL), 0);
 	assert_int_equal(domain_add_err(f->st, "r4.test", 0, "[2001:db8::1]:25", NULL, NULL), 0);
 	assert_int_equal(domain_add_err(f->st, "r5.test", 0, "[2001:db8::2]", NULL, NULL), 0);
-	assert_int_equal(domain_add_err(f->st, "r6.test", 0, "ldap:corp", NULL, NULL), 0);
+	/* ldap:PROFILE verifies with PROFILE by default, so it must exist */
+	assert_int_equal(domain_add_err(f->st, "r6.test", 0, "ldap:corp", NULL,
+	    "no verification profile 'corp'"), -1);
+	{
+		struct store_domain d6;
+		memset(&d6, 0, sizeof(d6));
+		snprintf(d6.name, sizeof(d6.name), "r6.test");
+		snprintf(d6.relay, sizeof(d6.relay), "ldap:corp");
+		snprintf(d6.verify, sizeof(d6.verify), "none");
+		assert_int_equal(store_domain_add(f->st, &d6, &err), 0);
+	}
 	assert_int_equal(domain_add_err(f->st, "r7.test", 0, "host:0", NULL, "port"), -1);
 	assert_int_equal(domain_add_err(f->st, "r7.test", 0, "host:65536", NULL, "port"), -1);
 	assert_int_equal(domain_add_err(f->st, "r7.test", 0, "host:", NULL, "port"), -1);
@@ -234,6 +244,24 @@ static void test_domains(void **state)
 	assert_non_null(strstr(err, "does not exist"));
 	free(err);
 	err = NULL;
+
+	/* a domain routed by ldap:PROFILE verifies with it unless told "none" */
+	{
+		struct store_domain l;
+		memset(&l, 0, sizeof(l));
+		snprintf(l.name, sizeof(l.name), "ld1.test");
+		snprintf(l.relay, sizeof(l.relay), "ldap:corp-ldap");
+		assert_int_equal(store_domain_add(f->st, &l, &err), 0);
+		assert_int_equal(store_domain_get(f->st, "ld1.test", &d), 1);
+		assert_string_equal(d.verify, "corp-ldap");
+		snprintf(l.name, sizeof(l.name), "ld2.test");
+		snprintf(l.verify, sizeof(l.verify), "none");
+		assert_int_equal(store_domain_add(f->st, &l, &err), 0);
+		assert_int_equal(store_domain_get(f->st, "ld2.test", &d), 1);
+		assert_string_equal(d.verify, "");
+		assert_int_equal(store_domain_del(f->st, "ld1.test", &err), 0);
+		assert_int_equal(store_domain_del(f->st, "ld2.test", &err), 0);
+	}
 
 	assert_int_equal(store_domain_list(f->st, count_domains, &n), 0);
 	assert_int_equal(n, 7);
