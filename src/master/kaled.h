@@ -38,6 +38,8 @@ int qmgr_main(struct kale_ctx *ctx);
 /* Optional servers: built when their modules are present. */
 int pop3d_main(struct kale_ctx *ctx);
 int imapd_main(struct kale_ctx *ctx);
+/* Hands the files of <data_dir>/maildrop to smtpd (src/sendmail/pickup.c). */
+int pickup_main(struct kale_ctx *ctx);
 
 const char *kale_listen_kind_name(enum kale_listen_kind k);
 

@@ -35,6 +35,7 @@
 #include "lib/util.h"
 #include "master/kaled.h"
 #include "queue/queue_file.h"
+#include "sendmail/maildrop.h"
 #include "smtpd/conntable.h"
 #include "store/store.h"
 
@@ -43,9 +44,9 @@
 #define MASTER_MAX_LISTENERS 64
 #define MASTER_STOP_SECS 10
 
-enum master_role { ROLE_SMTPD, ROLE_QMGR, ROLE_POP3D, ROLE_IMAPD };
+enum master_role { ROLE_SMTPD, ROLE_QMGR, ROLE_POP3D, ROLE_IMAPD, ROLE_PICKUP };
 
-static const char *master_role_name[] = { "smtpd", "qmgr", "pop3d", "imapd" };
+static const char *master_role_name[] = { "smtpd", "qmgr", "pop3d", "imapd", "pickup" };
 
 struct master_slot {
 	enum master_role role;
@@ -327,7 +328,7 @@ static int master_fail_path(char **error_r, const char *dir, const char *rel, co
 static int master_prepare_dir(struct master *m, char **error_r)
 {
 	static const char *dirs[] = { "queue", QUEUE_DIR_TMP, QUEUE_DIR_INCOMING, QUEUE_DIR_HOLD,
-		QUEUE_DIR_DONE, "mail", "public", NULL };
+		QUEUE_DIR_DONE, "mail", "public", MAILDROP_DIR, NULL };
 	static const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm", "kale.db-journal", NULL };
 	int fd;
 
@@ -352,6 +353,10 @@ static int master_prepare_dir(struct master *m, char **error_r)
 			    errno == ELOOP || errno == ENOTDIR ? "not a folder" : strerror(errno));
 		if (m->drop && strcmp(dirs[i], "public") != 0 && fchown(fd, m->uid, m->gid) < 0)
 			log_event(LOG_LVL_WARN, "master.chown", "path", dirs[i], "error", strerror(errno), NULL);
+		/* maildrop/: every local user may add a file (kale-sendmail while
+		 * kaled is down), none may list or touch another's (sticky) */
+		if (strcmp(dirs[i], MAILDROP_DIR) == 0 && fchmod(fd, 01733) < 0)
+			log_event(LOG_LVL_WARN, "master.chmod", "path", dirs[i], "error", strerror(errno), NULL);
 		close(fd);
 	}
 	for (int i = 0; files[i]; i++) {
@@ -640,6 +645,7 @@ static void master_start(struct master *m, struct master_slot *s)
 		case ROLE_QMGR: rc = qmgr_main(&ctx); break;
 		case ROLE_POP3D: rc = pop3d_main(&ctx); break;
 		case ROLE_IMAPD: rc = imapd_main(&ctx); break;
+		case ROLE_PICKUP: rc = pickup_main(&ctx); break;
 		}
 		_exit(rc);
 	}
@@ -656,6 +662,8 @@ static void master_plan(struct master *m)
 		m->slot[m->n_slots++] = (struct master_slot){ .role = ROLE_POP3D };
 	if (master_has_kind(m, LISTEN_IMAP, LISTEN_IMAPS))
 		m->slot[m->n_slots++] = (struct master_slot){ .role = ROLE_IMAPD };
+	if (master_has_kind(m, LISTEN_LOCAL, LISTEN_LOCAL))
+		m->slot[m->n_slots++] = (struct master_slot){ .role = ROLE_PICKUP };
 	for (int i = 0; i < m->n_slots; i++) {
 		m->slot[i].m = m;
 		m->slot[i].backoff = 1;

@@ -1,7 +1,9 @@
 /* kale-sendmail: the sendmail-compatible injector for local programs. Reads a
- * message on stdin and hands it to kaled over <data_dir>/sendmail.sock as a
- * small SMTP client (LF -> CRLF, dot-stuffing). Runs as the invoking user;
- * exit 0 queued, 75 (EX_TEMPFAIL) on a 4xx or no daemon, 1 otherwise. */
+ * message on stdin and hands it to kaled over <data_dir>/public/sendmail.sock
+ * (sendmail/smc.c). When kaled is not running, the message goes into
+ * <data_dir>/maildrop, which kaled's pickup empties later (maildrop.h).
+ * Runs as the invoking user; exit 0 queued, 75 (EX_TEMPFAIL) on a 4xx or
+ * when neither worked, 1 otherwise. */
 #include <errno.h>
 #include <pwd.h>
 #include <signal.h>
@@ -18,10 +20,11 @@
 
 #include "conf/conf.h"
 #include "lib/util.h"
+#include "sendmail/maildrop.h"
+#include "sendmail/smc.h"
 
 #define SM_ADDR_MAX    320
 #define SM_RCPT_MAX    1000
-#define SM_LINE_MAX    4096
 #define SM_TIMEOUT     300        /* seconds per read/write on the socket */
 #define SM_EXIT_FAIL   1
 
@@ -32,13 +35,7 @@ struct sm {
 	const char *conf;         /* -C */
 	char **rcpt;
 	int n_rcpt;
-	int fd;
-	char in[SM_LINE_MAX];     /* socket read buffer */
-	size_t in_len;
-	char out[65536];          /* socket write buffer */
-	size_t out_len;
-	char reply[512];          /* last reply, cleaned for printing */
-	int has_8bitmime;
+	struct smc smc;
 };
 
 static void sm_err(const char *fmt, ...) __attribute__((format(printf, 1, 2)));
@@ -299,214 +296,6 @@ static int sm_extract(struct sm *s, char *msg, size_t *len, const char *hostname
 	return rc;
 }
 
-/* ---- SMTP over the socket ---- */
-
-static int sm_flush(struct sm *s)
-{
-	size_t off = 0;
-
-	while (off < s->out_len) {
-		ssize_t n = send(s->fd, s->out + off, s->out_len - off, MSG_NOSIGNAL);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			sm_err("writing to the daemon: %s", n < 0 ? strerror(errno) : "closed");
-			return -1;
-		}
-		off += (size_t)n;
-	}
-	s->out_len = 0;
-	return 0;
-}
-
-static int sm_write(struct sm *s, const char *data, size_t len)
-{
-	while (len > 0) {
-		size_t room = sizeof(s->out) - s->out_len, n = len < room ? len : room;
-		memcpy(s->out + s->out_len, data, n);
-		s->out_len += n;
-		data += n;
-		len -= n;
-		if (s->out_len == sizeof(s->out) && sm_flush(s) < 0)
-			return -1;
-	}
-	return 0;
-}
-
-/* One reply line (CRLF cut) into line. 0 or -1. */
-static int sm_line(struct sm *s, char *line, size_t cap)
-{
-	for (;;) {
-		char *nl = memchr(s->in, '\n', s->in_len);
-		ssize_t n;
-
-		if (nl != NULL) {
-			size_t ll = (size_t)(nl - s->in), c = ll;
-			if (c > 0 && s->in[c - 1] == '\r')
-				c--;
-			if (c >= cap)
-				c = cap - 1;
-			memcpy(line, s->in, c);
-			line[c] = '\0';
-			s->in_len -= ll + 1;
-			memmove(s->in, nl + 1, s->in_len);
-			return 0;
-		}
-		if (s->in_len == sizeof(s->in)) {
-			sm_err("reply line too long");
-			return -1;
-		}
-		n = recv(s->fd, s->in + s->in_len, sizeof(s->in) - s->in_len, 0);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n <= 0) {
-			sm_err("reading from the daemon: %s", n < 0 ? strerror(errno) : "connection closed");
-			return -1;
-		}
-		s->in_len += (size_t)n;
-	}
-}
-
-/* Reads a whole (multi-line) reply; returns its code, or -1 on I/O error.
- * s->reply keeps the last line, cleaned. */
-static int sm_reply(struct sm *s)
-{
-	char line[SM_LINE_MAX];
-
-	for (;;) {
-		if (sm_line(s, line, sizeof(line)) < 0)
-			return -1;
-		if (strlen(line) < 3 || line[0] < '2' || line[0] > '5' ||
-		    line[1] < '0' || line[1] > '9' || line[2] < '0' || line[2] > '9' ||
-		    (line[3] != '\0' && line[3] != ' ' && line[3] != '-')) {
-			sm_err("bad reply from the daemon");
-			return -1;
-		}
-		if (strncasecmp(line + 4, "8BITMIME", 8) == 0)
-			s->has_8bitmime = 1;
-		if (line[3] != '-') {
-			size_t i;
-			for (i = 0; line[i] && i < sizeof(s->reply) - 1; i++)
-				s->reply[i] = (unsigned char)line[i] < 0x20 || line[i] == 0x7f ? '?' : line[i];
-			s->reply[i] = '\0';
-			return (line[0] - '0') * 100 + (line[1] - '0') * 10 + (line[2] - '0');
-		}
-	}
-}
-
-/* Sends a command and checks the reply's first digit. 0 ok; else the exit code. */
-static int sm_cmd(struct sm *s, const char *what, int want, const char *fmt, ...)
-    __attribute__((format(printf, 4, 5)));
-static int sm_cmd(struct sm *s, const char *what, int want, const char *fmt, ...)
-{
-	char buf[SM_ADDR_MAX + 300];
-	va_list ap;
-	int n, code;
-
-	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf), fmt, ap);
-	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(buf)) {
-		sm_err("%s: command too long", what);
-		return SM_EXIT_FAIL;
-	}
-	if (sm_write(s, buf, (size_t)n) < 0 || sm_flush(s) < 0 || (code = sm_reply(s)) < 0)
-		return EX_TEMPFAIL;
-	if (code / 100 == want)
-		return 0;
-	sm_err("%s: %s", what, s->reply);
-	return code / 100 == 4 ? EX_TEMPFAIL : SM_EXIT_FAIL;
-}
-
-/* The message as CRLF lines, dot-stuffed, then ".\r\n". */
-static int sm_send_body(struct sm *s, const char *msg, size_t len)
-{
-	size_t i = 0;
-
-	while (i < len) {
-		const char *nl = memchr(msg + i, '\n', len - i);
-		size_t ll = nl ? (size_t)(nl - (msg + i)) : len - i;
-		size_t cl = ll > 0 && msg[i + ll - 1] == '\r' ? ll - 1 : ll;
-
-		if (cl > 0 && msg[i] == '.' && sm_write(s, ".", 1) < 0)
-			return -1;
-		if (sm_write(s, msg + i, cl) < 0 || sm_write(s, "\r\n", 2) < 0)
-			return -1;
-		i += ll + 1;
-	}
-	if (sm_write(s, ".\r\n", 3) < 0)
-		return -1;
-	return sm_flush(s);
-}
-
-static int sm_connect(struct sm *s, const char *data_dir)
-{
-	struct sockaddr_un sun;
-	struct timeval tv = { .tv_sec = SM_TIMEOUT };
-
-	memset(&sun, 0, sizeof(sun));
-	sun.sun_family = AF_UNIX;
-	if (util_fmt(sun.sun_path, sizeof(sun.sun_path), "%s/public/sendmail.sock", data_dir) < 0) {
-		sm_err("data_dir %s is too long for a socket path", data_dir);
-		return -1;
-	}
-	s->fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
-	if (s->fd < 0) {
-		sm_err("socket: %s", strerror(errno));
-		return -1;
-	}
-	(void)setsockopt(s->fd, SOL_SOCKET, SO_RCVTIMEO, &tv, sizeof(tv));
-	(void)setsockopt(s->fd, SOL_SOCKET, SO_SNDTIMEO, &tv, sizeof(tv));
-	if (connect(s->fd, (struct sockaddr *)&sun, sizeof(sun)) < 0) {
-		sm_err("cannot reach kaled at %s: %s (is it running?)", sun.sun_path, strerror(errno));
-		return -1;
-	}
-	return 0;
-}
-
-static int sm_has_8bit(const char *msg, size_t len)
-{
-	for (size_t i = 0; i < len; i++)
-		if ((unsigned char)msg[i] >= 0x80)
-			return 1;
-	return 0;
-}
-
-static int sm_transaction(struct sm *s, const struct kale_config *cfg, const char *sender,
-    const char *msg, size_t len)
-{
-	int rc, code;
-
-	if ((code = sm_reply(s)) < 0)
-		return EX_TEMPFAIL;
-	if (code != 220) {
-		sm_err("greeting: %s", s->reply);
-		return code / 100 == 4 ? EX_TEMPFAIL : SM_EXIT_FAIL;
-	}
-	if ((rc = sm_cmd(s, "EHLO", 2, "EHLO %s\r\n", cfg->hostname)) != 0)
-		return rc;
-	if ((rc = sm_cmd(s, "MAIL FROM", 2, "MAIL FROM:<%s>%s\r\n", sender,
-	    s->has_8bitmime && sm_has_8bit(msg, len) ? " BODY=8BITMIME" : "")) != 0)
-		return rc;
-	for (int i = 0; i < s->n_rcpt; i++) {
-		char what[SM_ADDR_MAX + 16];
-		if (util_fmt(what, sizeof(what), "RCPT TO <%s>", s->rcpt[i]) < 0)
-			what[0] = '\0';
-		if ((rc = sm_cmd(s, what, 2, "RCPT TO:<%s>\r\n", s->rcpt[i])) != 0)
-			return rc;
-	}
-	if ((rc = sm_cmd(s, "DATA", 3, "DATA\r\n")) != 0)
-		return rc;
-	if (sm_send_body(s, msg, len) < 0 || (code = sm_reply(s)) < 0)
-		return EX_TEMPFAIL;
-	if (code / 100 != 2) {
-		sm_err("end of data: %s", s->reply);
-		return code / 100 == 4 ? EX_TEMPFAIL : SM_EXIT_FAIL;
-	}
-	(void)sm_cmd(s, "QUIT", 2, "QUIT\r\n");
-	return 0;
-}
-
 /* ---- options ---- */
 
 static int sm_usage(void)
@@ -622,7 +411,7 @@ int main(int argc, char **argv)
 	size_t len = 0;
 	int first = argc, rc = SM_EXIT_FAIL, cfg_loaded = 0;
 
-	s->fd = -1;
+	s->smc.fd = -1;
 	memset(&cfg, 0, sizeof(cfg));
 	signal(SIGPIPE, SIG_IGN);
 	if (sm_options(s, argc, argv, &first) < 0) {
@@ -656,14 +445,27 @@ int main(int argc, char **argv)
 		sm_err("no recipients");
 		goto out;
 	}
-	if (sm_connect(s, cfg.data_dir) < 0) {
+	if (smc_connect(&s->smc, cfg.data_dir, SM_TIMEOUT) < 0) {
+		/* No daemon (not running, no socket): into the maildrop, which
+		 * kaled picks up when it runs again. */
+		char why[600];
+		int e = errno;
+		if ((e == ENOENT || e == ECONNREFUSED) &&
+		    maildrop_write(cfg.data_dir, sender, s->rcpt, s->n_rcpt, msg, len, why, sizeof(why)) == 0) {
+			rc = 0;
+			goto out;
+		}
+		sm_err("%s", s->smc.error);
+		if (e == ENOENT || e == ECONNREFUSED)
+			sm_err("maildrop: %s", why);
 		rc = EX_TEMPFAIL;
 		goto out;
 	}
-	rc = sm_transaction(s, &cfg, sender, msg, len);
+	rc = smc_send(&s->smc, cfg.hostname, -1, sender, s->rcpt, s->n_rcpt, msg, len);
+	if (rc != SMC_OK)
+		sm_err("%s", s->smc.error);
 out:
-	if (s->fd >= 0)
-		close(s->fd);
+	smc_close(&s->smc);
 	for (int i = 0; i < s->n_rcpt; i++)
 		free(s->rcpt[i]);
 	free(s->rcpt);

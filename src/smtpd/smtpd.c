@@ -1562,8 +1562,60 @@ static int smtpd_header_from(int fd, char *addr, size_t cap)
 	return addr[0] ? 1 : 0;
 }
 
+/* The local peer's uid and login (sendmail.sock). */
+static void smtpd_local_identity(struct smtpd_session *s, uid_t uid)
+{
+	struct passwd pw, *pwr = NULL;
+	char pwbuf[1024];
+
+	s->local_uid = (long)uid;
+	s->local_user[0] = '\0';
+	if (getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwr) == 0 && pwr != NULL)
+		snprintf(s->local_user, sizeof(s->local_user), "%s", pwr->pw_name);
+}
+
+/* "XUID uid" on sendmail.sock, from root or run_as only (the maildrop
+ * pickup): the session then speaks for that uid, as if the user had
+ * connected (sender rules, added headers, Received). Once per session,
+ * before MAIL; the new identity is not trusted to change it again. */
+static void smtpd_cmd_xuid(struct smtpd_session *s, const char *arg, size_t len)
+{
+	char *end;
+	unsigned long uid;
+	char num[24];
+
+	if (s->local_uid != 0 && s->local_uid != (long)geteuid()) {
+		smtpd_reply(s, "550 5.7.0 XUID is for the maildrop pickup only");
+		return;
+	}
+	if (s->tx.active) {
+		smtpd_reply(s, "503 5.5.1 XUID inside a transaction");
+		return;
+	}
+	while (len > 0 && (arg[len - 1] == '\r' || arg[len - 1] == '\n'))
+		len--;
+	if (len == 0 || len >= sizeof(num) || strspn(arg, "0123456789") < len) {
+		smtpd_reply(s, "501 5.5.4 Syntax: XUID uid");
+		return;
+	}
+	memcpy(num, arg, len);
+	num[len] = '\0';
+	errno = 0;
+	uid = strtoul(num, &end, 10);
+	if (errno != 0 || uid > 0xfffffffeUL) {
+		smtpd_reply(s, "501 5.5.4 Syntax: XUID uid");
+		return;
+	}
+	smtpd_local_identity(s, (uid_t)uid);
+	smtpd_reply(s, "250 2.0.0 Ok");
+}
+
 static void smtpd_command(struct smtpd_session *s, char *line, size_t len)
 {
+	if (s->kind == LISTEN_LOCAL && len > 5 && strncasecmp(line, "XUID ", 5) == 0) {
+		smtpd_cmd_xuid(s, line + 5, len - 5);
+		return;
+	}
 	struct smtp_cmd cmd;
 	enum smtp_parse_result r = smtp_parse_command(line, len, &cmd);
 
@@ -2063,15 +2115,10 @@ static void smtpd_accept_cb(struct evconnlistener *lev, evutil_socket_t fd,
 		socklen_t cl = sizeof(cred);
 		snprintf(s->ip, sizeof(s->ip), "local");
 		s->trusted = 1;
-		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0) {
-			struct passwd pw, *pwr = NULL;
-			char pwbuf[1024];
-			s->local_uid = (long)cred.uid;
-			if (getpwuid_r(cred.uid, &pw, pwbuf, sizeof(pwbuf), &pwr) == 0 && pwr != NULL)
-				snprintf(s->local_user, sizeof(s->local_user), "%s", pwr->pw_name);
-		} else {
+		if (getsockopt(fd, SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
+			smtpd_local_identity(s, cred.uid);
+		else
 			s->local_uid = 65534;      /* unknown: treated as an ordinary user */
-		}
 	} else {
 		snprintf(s->ip, sizeof(s->ip), "%s", text);
 		s->trusted = store_network_match(w->st, sa) == 1;
