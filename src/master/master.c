@@ -277,6 +277,42 @@ static int master_has_kind(struct master *m, enum kale_listen_kind a, enum kale_
 	return 0;
 }
 
+/* ---------- sanitizer builds ---------- */
+
+#ifdef KALE_SANITIZE
+#include <sanitizer/common_interface_defs.h>
+#define MASTER_SANITIZER_DIR "sanitizer"
+
+/* Reports of a child go to <data_dir>/sanitizer/ROLE.PID when the operator
+ * asked for report files (log_path= in ASAN_OPTIONS or UBSAN_OPTIONS): the
+ * folder given there is usually root's, and the child no longer is. Without
+ * log_path they go to stderr, the daemon's log, which the child inherits.
+ * KALE_SANITIZER_SELFTEST=ROLE makes that child read past a heap block,
+ * so the tests can see a report arrive (sanitizer builds only). */
+static void master_sanitizer_child(enum master_role role)
+{
+	static char path[64];
+	const char *a = getenv("ASAN_OPTIONS"), *u = getenv("UBSAN_OPTIONS");
+	const char *t = getenv("KALE_SANITIZER_SELFTEST");
+
+	if ((a != NULL && strstr(a, "log_path=") != NULL) || (u != NULL && strstr(u, "log_path=") != NULL)) {
+		snprintf(path, sizeof(path), MASTER_SANITIZER_DIR "/%s", master_role_name[role]);
+		__sanitizer_set_report_path(path);
+	}
+	if (t != NULL && strcmp(t, master_role_name[role]) == 0) {
+		char *volatile p = malloc(4);
+		volatile char c = p[4];
+		(void)c;
+		free(p);
+	}
+}
+#else
+static void master_sanitizer_child(enum master_role role)
+{
+	(void)role;
+}
+#endif
+
 /* ---------- data_dir ---------- */
 
 /* Opens a folder below data_dir without following a symbolic link at any
@@ -328,7 +364,11 @@ static int master_fail_path(char **error_r, const char *dir, const char *rel, co
 static int master_prepare_dir(struct master *m, char **error_r)
 {
 	static const char *dirs[] = { "queue", QUEUE_DIR_TMP, QUEUE_DIR_INCOMING, QUEUE_DIR_HOLD,
-		QUEUE_DIR_DONE, "mail", "public", MAILDROP_DIR, NULL };
+		QUEUE_DIR_DONE, "mail", "public", MAILDROP_DIR,
+#ifdef KALE_SANITIZE
+		MASTER_SANITIZER_DIR,
+#endif
+		NULL };
 	static const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm", "kale.db-journal", NULL };
 	int fd;
 
@@ -633,6 +673,7 @@ static void master_start(struct master *m, struct master_slot *s)
 		prctl(PR_SET_PDEATHSIG, SIGTERM);
 		if (getppid() != m->pid)
 			_exit(1);
+		master_sanitizer_child(s->role);
 		memset(&ctx, 0, sizeof(ctx));
 		ctx.cfg = &m->cfg;
 		ctx.ls = m->ls;

@@ -38,6 +38,8 @@
 #include "store/store.h"
 #include "auth/auth.h"
 #include "lookup/lookup.h"
+#include "mail/addr.h"
+#include "mail/hdrscan.h"
 #include <openssl/evp.h>
 
 #define SMTPD_MIN_DATA_RATE 500       /* bytes/s a message must arrive at, past command_timeout */
@@ -87,6 +89,7 @@ struct smtpd_tx {
 	const char *bdat_error;    /* reply for the chunk when it is being discarded */
 	uint64_t body_len;
 	uint64_t started_us;
+	struct hdrscan *hs;        /* header scanner: authenticated or local mail, else NULL */
 };
 
 struct smtpd_worker;
@@ -174,7 +177,7 @@ static const struct auth_settings *smtpd_auth_settings(struct smtpd_worker *w);
 static int smtpd_is_submission(const struct smtpd_session *s);
 static int smtpd_auth_allowed(struct smtpd_session *s, int *need_tls_r);
 static int smtpd_sender_owned(struct smtpd_session *s, const char *sender);
-static int smtpd_header_from(int fd, char *addr, size_t cap);
+static int smtpd_header_senders(struct smtpd_session *s, const char **reply_r);
 static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a);
 static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *pp, const char *addr,
     int found, const struct store_domain *dom, int special);
@@ -253,6 +256,7 @@ static void smtpd_tx_reset(struct smtpd_session *s)
 			unlink(path);
 	}
 	free(tx->wbuf);
+	free(tx->hs);
 	memset(tx, 0, sizeof(*tx));
 	tx->fd = -1;
 }
@@ -290,6 +294,80 @@ static void smtpd_out(void *ctx, const char *p, size_t n)
 		if (tx->wlen == SMTPD_WBUF)
 			smtpd_wflush(tx);
 	}
+}
+
+/* Mail from an authenticated client or injected locally gets the header
+ * fields it lacks (as Postfix's cleanup does for local and authenticated
+ * clients); mail from the open MX port is stored as it came. */
+static int smtpd_adds_headers(const struct smtpd_session *s)
+{
+	return s->auth_address != NULL || s->kind == LISTEN_LOCAL;
+}
+
+static void smtpd_hs_out(void *ctx, const char *p, size_t n)
+{
+	struct smtpd_session *s = ctx;
+
+	smtpd_out(&s->tx, p, n);
+}
+
+/* The author for an added From: the authenticated address; for local
+ * injection the envelope sender, or LOGIN@hostname for the null sender. */
+static void smtpd_default_from(const struct smtpd_session *s, char *buf, size_t cap)
+{
+	const char *host = s->w->cfg->hostname;
+
+	if (s->auth_address != NULL)
+		snprintf(buf, cap, "%s", s->auth_address);
+	else if (!s->tx.mail.is_null && s->tx.mail.addr[0])
+		snprintf(buf, cap, "%s", s->tx.mail.addr);
+	else
+		snprintf(buf, cap, "%s@%s", s->local_user[0] ? s->local_user : "MAILER-DAEMON", host);
+}
+
+/* The end of the header section (hdrscan): the missing Date:, Message-ID:
+ * and From: are written here, before the empty line or the first body line. */
+static void smtpd_hdr_end(void *ctx, const struct hdrscan *h)
+{
+	struct smtpd_session *s = ctx;
+	struct smtpd_tx *tx = &s->tx;
+	char line[SMTP_PATH_MAX + 512], who[SMTP_PATH_MAX + 128];
+	int n;
+
+	if (h->count[HDRSCAN_DATE] == 0) {
+		char date[64];
+		time_t now = time(NULL);
+		struct tm tm;
+
+		localtime_r(&now, &tm);
+		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
+		n = snprintf(line, sizeof(line), "Date: %s\n", date);
+		if (n > 0 && (size_t)n < sizeof(line))
+			smtpd_out(tx, line, (size_t)n);
+	}
+	if (h->count[HDRSCAN_MESSAGE_ID] == 0) {
+		n = snprintf(line, sizeof(line), "Message-ID: <%s@%s>\n", tx->qid, s->w->cfg->hostname);
+		if (n > 0 && (size_t)n < sizeof(line))
+			smtpd_out(tx, line, (size_t)n);
+	}
+	if (h->count[HDRSCAN_FROM] == 0) {
+		smtpd_default_from(s, who, sizeof(who));
+		n = snprintf(line, sizeof(line), "From: %s\n", who);
+		if (n > 0 && (size_t)n < sizeof(line))
+			smtpd_out(tx, line, (size_t)n);
+	}
+}
+
+/* The message bytes from the DATA/BDAT parser (ctx is the session): through
+ * the header scanner when header fields may be added, else straight on. */
+static void smtpd_body_out(void *ctx, const char *p, size_t n)
+{
+	struct smtpd_session *s = ctx;
+
+	if (s->tx.hs != NULL)
+		hdrscan_feed(s->tx.hs, p, n, smtpd_hs_out, smtpd_hdr_end, s);
+	else
+		smtpd_out(&s->tx, p, n);
 }
 
 /* Free space on the queue file system, in bytes; UINT64_MAX if unknown. */
@@ -354,6 +432,10 @@ static int smtpd_tx_open(struct smtpd_session *s)
 	if (n < 0 || (size_t)n >= sizeof(hdr))
 		n = 0;
 	smtpd_out(tx, hdr, (size_t)n);
+	if (smtpd_adds_headers(s)) {
+		tx->hs = xmalloc(sizeof(*tx->hs));
+		hdrscan_init(tx->hs);
+	}
 	return 0;
 }
 
@@ -576,6 +658,8 @@ static void smtpd_message_done(struct smtpd_session *s)
 	struct smtpd_tx *tx = &s->tx;
 	struct queue_env env = { 0 };
 
+	if (tx->hs != NULL && !tx->data.too_big)
+		hdrscan_finish(tx->hs, smtpd_hs_out, smtpd_hdr_end, s);
 	smtpd_wflush(tx);
 	if (tx->data.too_big) {
 		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
@@ -588,10 +672,10 @@ static void smtpd_message_done(struct smtpd_session *s)
 		return;
 	}
 	if (tx->werrno == 0 && s->auth_address && smtpd_auth_settings(s->w)->fake_sender_control) {
-		char from[512];
-		int r = smtpd_header_from(tx->fd, from, sizeof(from));
-		if (r < 0 || (r == 1 && smtpd_sender_owned(s, from) != 1)) {
-			smtpd_reject(s, NULL, "550 5.7.1 From: header not owned by the authenticated user");
+		const char *reply = NULL;
+		int r = smtpd_header_senders(s, &reply);
+		if (r <= 0) {
+			smtpd_reject(s, NULL, r < 0 ? "451 4.3.0 Temporary lookup failure" : reply);
 			smtpd_tx_reset(s);
 			return;
 		}
@@ -1088,7 +1172,7 @@ static void smtpd_bdat_chunk_done(struct smtpd_session *s)
 		    (unsigned long long)tx->bdat_size);
 		return;
 	}
-	smtp_bdat_last(&tx->data, smtpd_out, tx);
+	smtp_bdat_last(&tx->data, smtpd_body_out, s);
 	smtpd_message_done(s);
 }
 
@@ -1500,66 +1584,70 @@ static int smtpd_sender_owned(struct smtpd_session *s, const char *sender)
 	return ok;
 }
 
-/* Finds the address in the From: header of the stored message (the first
- * 64 KiB of the queue file). Returns 1 and fills addr, 0 if none, -1 if there
- * is more than one mailbox in it. */
-static int smtpd_header_from(int fd, char *addr, size_t cap)
+/* Fake sender control for the header (the header scanner has seen the
+ * whole header section): at most one From: and one Sender:, each parsed as
+ * an RFC 5322 address list, every From: address and the one Sender: address
+ * owned by the login. No From: is fine: smtpd_hdr_end has added the login's.
+ * 1 allowed, 0 refused with the reply in *reply_r, -1 lookup error. */
+static int smtpd_header_senders(struct smtpd_session *s, const char **reply_r)
 {
-	char buf[65536 + 1], val[2048];
-	ssize_t n = pread(fd, buf, sizeof(buf) - 1, 0);
-	size_t vl = 0;
-	char *p, *lt, *gt;
+	static const struct {
+		int kind;
+		const char *many, *too_long, *syntax, *count, *owner;
+	} f[2] = {
+		{ HDRSCAN_FROM, "550 5.7.1 More than one From: header field",
+		  "550 5.7.1 From: header field too long",
+		  "550 5.7.1 From: header field cannot be parsed",
+		  "550 5.7.1 From: header field without an address",
+		  "550 5.7.1 From: header address not owned by the authenticated user" },
+		{ HDRSCAN_SENDER, "550 5.7.1 More than one Sender: header field",
+		  "550 5.7.1 Sender: header field too long",
+		  "550 5.7.1 Sender: header field cannot be parsed",
+		  "550 5.7.1 Sender: header field must hold exactly one address",
+		  "550 5.7.1 Sender: header address not owned by the authenticated user" },
+	};
+	const struct hdrscan *h = s->tx.hs;
 
-	if (n < 0)
-		return -1;         /* cannot check: refuse rather than let it pass */
-	if (n == 0)
-		return 0;
-	buf[n] = '\0';
-	for (p = buf; *p && *p != '\n'; ) {
-		char *eol = strchr(p, '\n');
-		if (eol == NULL)
-			break;
-		if (strncasecmp(p, "From:", 5) == 0) {
-			char *q = p + 5;
-			/* unfold continuation lines */
-			for (;;) {
-				size_t k = (size_t)(eol - q);
-				if (vl + k + 1 >= sizeof(val))
-					return -1;
-				memcpy(val + vl, q, k);
-				vl += k;
-				val[vl++] = ' ';
-				if (eol[1] != ' ' && eol[1] != '\t')
-					break;
-				q = eol + 1;
-				eol = strchr(q, '\n');
-				if (eol == NULL)
-					return -1;
-			}
-			val[vl] = '\0';
-			break;
+	if (h == NULL)
+		return -1;         /* cannot check: never let it pass */
+	for (int i = 0; i < 2; i++) {
+		const struct hdrscan_body *b = f[i].kind == HDRSCAN_FROM ? &h->from : &h->sender;
+		struct addr_list l;
+		const char *err;
+		int own = 1;
+
+		if (h->count[f[i].kind] == 0)
+			continue;
+		if (h->count[f[i].kind] > 1) {
+			*reply_r = f[i].many;
+			return 0;
 		}
-		p = eol + 1;
+		if (b->too_long) {
+			*reply_r = f[i].too_long;
+			return 0;
+		}
+		if (addr_parse_list(b->buf, b->len, &l, &err) < 0) {
+			log_event(LOG_LVL_INFO, "smtp.header", "qid", s->tx.qid, "client", s->ip, "field",
+			    f[i].kind == HDRSCAN_FROM ? "From" : "Sender", "error", err, NULL);
+			*reply_r = f[i].syntax;
+			return 0;
+		}
+		if (l.n == 0 || (f[i].kind == HDRSCAN_SENDER && l.n != 1)) {
+			addr_list_free(&l);
+			*reply_r = f[i].count;
+			return 0;
+		}
+		for (size_t k = 0; k < l.n && own == 1; k++)
+			own = smtpd_sender_owned(s, l.addr[k]);
+		addr_list_free(&l);
+		if (own < 0)
+			return -1;
+		if (own == 0) {
+			*reply_r = f[i].owner;
+			return 0;
+		}
 	}
-	if (vl == 0)
-		return 0;
-	if (strchr(val, ',') && !strchr(val, '"'))
-		return -1;
-	lt = strrchr(val, '<');
-	gt = lt ? strchr(lt, '>') : NULL;
-	if (lt && gt) {
-		*gt = '\0';
-		p = lt + 1;
-	} else {
-		p = val;
-		while (*p == ' ' || *p == '\t')
-			p++;
-		p[strcspn(p, " \t(")] = '\0';
-	}
-	if (strlen(p) >= cap)
-		return -1;
-	memcpy(addr, p, strlen(p) + 1);
-	return addr[0] ? 1 : 0;
+	return 1;
 }
 
 /* The local peer's uid and login (sendmail.sock). */
@@ -1707,7 +1795,7 @@ static int smtpd_read_data(struct smtpd_session *s, struct evbuffer *in)
 
 	for (int i = 0; i < n && i < 8 && !done; i++) {
 		size_t used = smtp_data_feed(&s->tx.data, v[i].iov_base, v[i].iov_len, &done,
-		    smtpd_out, &s->tx);
+		    smtpd_body_out, s);
 		used_total += used;
 	}
 	evbuffer_drain(in, used_total);
@@ -1725,7 +1813,7 @@ static void smtpd_read_bdat(struct smtpd_session *s, struct evbuffer *in)
 			break;
 		k = v.iov_len < tx->bdat_left ? v.iov_len : (size_t)tx->bdat_left;
 		if (!tx->bdat_error && !tx->data.too_big)
-			smtp_bdat_feed(&tx->data, v.iov_base, k, smtpd_out, tx);
+			smtp_bdat_feed(&tx->data, v.iov_base, k, smtpd_body_out, s);
 		evbuffer_drain(in, k);
 		tx->bdat_left -= k;
 	}

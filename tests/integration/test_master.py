@@ -10,7 +10,8 @@ import time
 
 import pytest
 
-from conftest import Kale, bin_path, children_of, free_port, make_traversable, pid_alive, wait_port
+from conftest import (Kale, bin_path, children_of, free_port, kale_wait, make_traversable, pid_alive,
+                      wait_port)
 
 root_only = pytest.mark.skipif(os.geteuid() != 0, reason="needs root: kaled drops to run_as")
 
@@ -163,3 +164,37 @@ def test_unreachable_data_dir_is_named(tmp_path):
     os.chmod(closed, 0o700)
     err = start_fails(k)
     assert "cannot pass through %s" % closed in err, err
+
+
+def sanitized_build():
+    cache = os.path.join(os.environ.get("KALE_BUILD", "build"), "CMakeCache.txt")
+    try:
+        with open(cache) as f:
+            return "KALE_SANITIZE:BOOL=ON" in f.read()
+    except OSError:
+        return False
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not sanitized_build(),
+                    reason="needs root and the ASan/UBSan tree")
+def test_sanitizer_report_of_a_child_after_the_drop(kale_factory, tmp_path, monkeypatch):
+    """With log_path in ASAN_OPTIONS pointing at a root-only folder, a
+    child's report (it runs as run_as) lands in <data_dir>/sanitizer/."""
+    logdir = tmp_path / "rootonly"
+    logdir.mkdir(mode=0o700)
+    monkeypatch.setenv("ASAN_OPTIONS", "log_path=%s/asan:detect_leaks=0:abort_on_error=0" % logdir)
+    monkeypatch.setenv("KALE_SANITIZER_SELFTEST", "pickup")
+    k = kale_factory()
+    sdir = os.path.join(k.data, "sanitizer")
+
+    def reports():
+        return [n for n in os.listdir(sdir) if n.startswith("pickup.")] if os.path.isdir(sdir) else []
+    assert kale_wait(reports, 20), (os.listdir(k.data), k.log_text()[-2000:])
+    with open(os.path.join(sdir, reports()[0])) as f:
+        assert "ERROR: AddressSanitizer: heap-buffer-overflow" in f.read()
+    assert os.stat(sdir).st_uid != 0
+    # the rest of the node runs on
+    from conftest import smtp_msg, smtp_qid, smtp_send
+    smtp_qid(smtp_send(k.port, "a@other.test", ["alice@example.test"], smtp_msg("still up")))
+    assert len(k.wait_messages("alice@example.test", 1)) == 1
+    k.stop()

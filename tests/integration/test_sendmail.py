@@ -275,3 +275,67 @@ def test_ordinary_user_sends_only_as_itself(kale_factory):
     assert b"(uid 1 daemon)" in msgs[0], msgs[0][:600]
     p = sendmail(k, ["-f", "ceo@example.test", "alice@example.test"], "Subject: as root\n\nx\n")
     assert p.returncode == 0, p.stderr     # root is trusted with -f
+
+
+# ---- header fields added to locally injected mail ----
+
+def _header(msg):
+    head = msg.replace(b"\r\n", b"\n").split(b"\n\n", 1)[0]
+    return head.split(b"\n")
+
+
+def _count(lines, name):
+    n = name.lower().encode()
+    return sum(1 for l in lines if l.split(b":", 1)[0].rstrip(b" \t").lower() == n)
+
+
+def _one_each(msg):
+    lines = _header(msg)
+    for f in ("Date", "Message-ID", "From"):
+        assert _count(lines, f) == 1, (f, msg[:800])
+    assert any(l.startswith(b"Message-ID: <") and l.endswith(b"@mx.kale.test>") for l in lines), lines
+    return lines
+
+
+def test_local_injection_adds_missing_headers(kale_factory):
+    """Like Postfix's cleanup for local submission: a missing Date:,
+    Message-ID: (<QID@hostname>) and From: (the envelope sender) are added
+    to the header section; a message that has them is left alone."""
+    k = kale_factory()
+    p = sendmail(k, ["-f", "robot@example.test", "alice@example.test"],
+                 "Subject: bare\n\n.leading dot\nbody\n")
+    assert p.returncode == 0, p.stderr.decode() + k.log_text()[-3000:]
+    msgs = k.wait_messages("alice@example.test", 1)
+    lines = _one_each(msgs[0])
+    assert b"From: robot@example.test" in lines, lines
+    assert msgs[0].replace(b"\r\n", b"\n").endswith(b"\n\n.leading dot\nbody\n")
+    # root without -f: the default sender root@HOSTNAME
+    p = sendmail(k, ["alice@example.test"], "no header at all\n")
+    assert p.returncode == 0, p.stderr
+    msgs = k.wait_messages("alice@example.test", 2)
+    m = [x for x in msgs if b"no header at all" in x][0]
+    lines = _one_each(m)
+    assert b"From: root@mx.kale.test" in lines, lines
+    assert m.replace(b"\r\n", b"\n").endswith(b"\n\nno header at all\n"), m
+    # complete header: stored exactly as given
+    full = ("From: Robot <robot@example.test>\nDate: Mon, 01 Jan 2024 10:00:00 +0000\n"
+            "Message-ID: <given@example.test>\nSubject: complete\n\nbody\n")
+    p = sendmail(k, ["alice@example.test"], full)
+    assert p.returncode == 0, p.stderr
+    msgs = k.wait_messages("alice@example.test", 3)
+    m = [x for x in msgs if b"Subject: complete" in x][0].replace(b"\r\n", b"\n")
+    assert m.endswith(b"\n" + full.encode()), m
+    lines = _header(m)
+    for f in ("Date", "Message-ID", "From"):
+        assert _count(lines, f) == 1, (f, lines)
+    assert b"Message-ID: <given@example.test>" in lines
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="needs root to run as another user")
+def test_local_injection_from_is_login(kale_factory):
+    k = kale_factory()
+    p = sendmail(k, ["alice@example.test"], "Subject: from cron\n\nx\n", user="daemon")
+    assert p.returncode == 0, p.stderr.decode() + k.log_text()[-3000:]
+    msgs = k.wait_messages("alice@example.test", 1)
+    lines = _one_each(msgs[0])
+    assert b"From: daemon@mx.kale.test" in lines, lines

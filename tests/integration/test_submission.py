@@ -275,3 +275,211 @@ def test_overlong_line_ends_auth_exchange(sub):
     code, msg = s.docmd("NOOP")
     assert code == 250, (code, msg)
     s.quit()
+
+
+# ---- fake sender control for the header section, and the added headers ----
+# (the From: check used to look at the first From: in the first 64 KiB with
+# string hacks: each form below got through it)
+
+from conftest import SmtpRaw, smtp_expect, smtp_qid  # noqa: E402
+
+VICTIM = "alice@example.test"
+ME = "bob@example.test"
+PAD = "".join("X-Pad-%04d: %s\r\n" % (i, "p" * 60) for i in range(1100))   # > 64 KiB
+
+BYPASSES = [
+    ("two mailboxes", "From: <%s>, \"Me\" <%s>\r\n" % (VICTIM, ME)),
+    ("angle address in a comment", "From: %s (<%s>)\r\n" % (VICTIM, ME)),
+    ("two From: fields", "From: %s\r\nFrom: %s\r\n" % (ME, VICTIM)),
+    ("two From: fields, victim first", "From: %s\r\nFrom: %s\r\n" % (VICTIM, ME)),
+    ("obs whitespace before the colon", "From : %s\r\n" % VICTIM),
+    ("obs tab before the colon", "From\t: %s\r\n" % VICTIM),
+    ("lower case name", "from: %s\r\n" % VICTIM),
+    ("From: after 64 KiB of headers", PAD + "From: %s\r\n" % VICTIM),
+    ("From: after 64 KiB, own From: first", "From: %s\r\n" % ME + PAD + "From: %s\r\n" % VICTIM),
+    ("folded second mailbox", "From: %s,\r\n\t%s\r\n" % (ME, VICTIM)),
+    ("group with the victim", "From: friends: %s, %s;\r\n" % (ME, VICTIM)),
+    ("quoted victim local part", "From: \"alice\"@example.test\r\n"),
+    ("display name holding my address", "From: \"%s\" <%s>\r\n" % (ME, VICTIM)),
+    ("obs route", "From: <@%s:%s>\r\n" % ("example.test", VICTIM)),
+    ("unparseable", "From: %s (unterminated\r\n" % ME),
+    ("empty From:", "From: \r\n"),
+    ("empty group", "From: undisclosed-recipients:;\r\n"),
+    ("Sender: not owned", "From: %s\r\nSender: %s\r\n" % (ME, VICTIM)),
+    ("two Sender: fields", "From: %s\r\nSender: %s\r\nSender: %s\r\n" % (ME, ME, ME)),
+    ("From: over 16 KiB", "From: %s (%s)\r\n" % (ME, "c" * 17000)),
+]
+
+HONEST = [
+    ("display name", "From: \"Me\" <%s>\r\n" % ME),
+    ("comment", "From: %s (Me)\r\n" % ME),
+    ("group of me", "From: me only: %s;\r\n" % ME),
+    ("obs spacing", "From :  Bob  < bob @ example.test >\r\n"),
+    ("own alias and me", "From: sales@example.test, <%s>\r\n" % ME),
+    ("Sender: me", "From: sales@example.test\r\nSender: %s\r\n" % ME),
+    ("folded", "From: Bob\r\n <%s>\r\n" % ME),
+    ("upper case", "FROM: %s\r\n" % ME.upper()),
+]
+
+
+def stored(msg):
+    """A delivered message with LF line ends, split into (header lines, body)."""
+    m = msg.replace(b"\r\n", b"\n")
+    head, sep, body = m.partition(b"\n\n")
+    return head.split(b"\n"), body, bool(sep)
+
+
+def count_fields(lines, name):
+    n = name.lower().encode()
+    return sum(1 for l in lines if l.split(b":", 1)[0].rstrip(b" \t").lower() == n)
+
+
+def test_fake_sender_header_bypasses_refused(sub):
+    s = logged_in(sub)
+    got = {}
+    for what, hdrs in BYPASSES:
+        try:
+            s.sendmail(ME, [VICTIM], hdrs + "Subject: %s\r\n\r\nforged\r\n" % what)
+            got[what] = 250
+        except smtplib.SMTPDataError as e:
+            assert e.smtp_error.startswith(b"5.7.1"), (what, e.smtp_error)
+            got[what] = e.smtp_code
+    s.quit()
+    assert all(c == 550 for c in got.values()), got
+    assert sub.messages(VICTIM) == []
+
+
+def test_fake_sender_header_honest_forms_pass(sub):
+    s = logged_in(sub)
+    for what, hdrs in HONEST:
+        try:
+            s.sendmail(ME, [VICTIM], hdrs + "Subject: %s\r\n\r\nreal\r\n" % what)
+        except smtplib.SMTPDataError as e:
+            raise AssertionError("%s: %r" % (what, e))
+    s.quit()
+    msgs = sub.wait_messages(VICTIM, len(HONEST))
+    assert len(msgs) == len(HONEST)
+    for m in msgs:
+        lines, body, _ = stored(m)
+        assert body == b"real\n"
+        assert count_fields(lines, "From") == 1, lines
+
+
+def raw_logged_in(k, user=ME, pw="bob-pw"):
+    c = SmtpRaw(k.ports["submission"])
+    c.ehlo()
+    c.starttls()
+    c.ehlo()
+    smtp_expect(c.cmd("AUTH PLAIN " + b64("\0%s\0%s" % (user, pw))), 235)
+    return c
+
+
+def bdat(c, chunks):
+    """MAIL/RCPT done; sends the chunks (the last one with LAST)."""
+    for i, ch in enumerate(chunks):
+        if isinstance(ch, str):
+            ch = ch.encode()
+        last = " LAST" if i == len(chunks) - 1 else ""
+        c.send(b"BDAT %d%s\r\n" % (len(ch), last.encode()) + ch)
+        r = c.reply()
+        if last:
+            return r
+        smtp_expect(r, 250)
+
+
+def test_fake_sender_header_bdat(sub):
+    """The header is tracked across BDAT chunks, even split inside a name."""
+    with raw_logged_in(sub) as c:
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        r = bdat(c, ["From: %s\r\nFr" % ME, "om : %s\r\n\r\nforged\r\n" % VICTIM])
+        smtp_expect(r, 550, "5.7.1")
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        smtp_qid(bdat(c, ["From: Bob <bo", "b@example.test>\r\n\r\nreal\r\n"]))
+        c.cmd("QUIT")
+    msgs = sub.wait_messages(VICTIM, 1)
+    assert len(msgs) == 1 and msgs[0].endswith(b"\nreal\n"), msgs
+
+
+def check_added(msg, qid, sender, body):
+    lines, got_body, _ = stored(msg)
+    for f in ("Date", "Message-ID", "From"):
+        assert count_fields(lines, f) == 1, (f, lines)
+    assert b"From: " + sender.encode() in lines, lines
+    assert b"Message-ID: <%s@mx.kale.test>" % qid.encode() in lines, lines
+    date = [l for l in lines if l.startswith(b"Date: ")][0].decode()
+    assert re.fullmatch(r"Date: \w{3}, \d\d \w{3} \d{4} \d\d:\d\d:\d\d [+-]\d{4}", date), date
+    assert got_body == body, (got_body, body)
+    return lines
+
+
+def test_submission_adds_date_message_id_from(sub):
+    """DATA and BDAT, with and without a body, headers only, an empty
+    message: the missing fields end up in the header section, the body (dot
+    lines included) is untouched."""
+    qids = {}
+    with raw_logged_in(sub) as c:
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        qids["data"] = smtp_qid(c.data("Subject: data\r\n\r\n.dot line\r\n..two\r\nend\r\n"))
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        qids["data-headers-only"] = smtp_qid(c.data("Subject: data-headers-only\r\n"))
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        qids["bdat"] = smtp_qid(bdat(c, ["Subject: bdat\r\n\r\n", ".dot\r\nx"]))
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        qids["bdat-headers-only"] = smtp_qid(bdat(c, ["Subject: bdat-he", "aders-only"]))
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        qids["empty"] = smtp_qid(c.data(""))
+        smtp_expect(c.cmd("MAIL FROM:<%s>" % ME), 250)
+        smtp_expect(c.cmd("RCPT TO:<%s>" % VICTIM), 250)
+        qids["no-header"] = smtp_qid(c.data("just a line of text\r\nFrom: %s\r\n" % VICTIM))
+        c.cmd("QUIT")
+    msgs = sub.wait_messages(VICTIM, len(qids))
+    assert len(msgs) == len(qids)
+    by_qid = {}
+    for m in msgs:
+        mid = re.search(rb"(?m)^Message-ID: <([0-9A-F]+)@", m)
+        assert mid, m
+        by_qid[mid.group(1).decode()] = m
+    assert set(by_qid) == set(qids.values())
+    check_added(by_qid[qids["data"]], qids["data"], ME, b".dot line\n..two\nend\n")
+    check_added(by_qid[qids["data-headers-only"]], qids["data-headers-only"], ME, b"")
+    check_added(by_qid[qids["bdat"]], qids["bdat"], ME, b".dot\nx\n")
+    check_added(by_qid[qids["bdat-headers-only"]], qids["bdat-headers-only"], ME, b"")
+    assert b"Subject: bdat-headers-only\n" in by_qid[qids["bdat-headers-only"]]
+    check_added(by_qid[qids["empty"]], qids["empty"], ME, b"")
+    # a first line that is no header field starts the body: the added
+    # fields come before it, with an empty line, and the From: below is body
+    check_added(by_qid[qids["no-header"]], qids["no-header"], ME,
+                b"just a line of text\nFrom: %s\n" % VICTIM.encode())
+
+
+def test_submission_keeps_complete_header(sub):
+    """A message that has Date:, Message-ID: and From: is stored as sent."""
+    msg = ("Date: Mon, 01 Jan 2024 10:00:00 +0100\r\nMessage-ID: <orig@client.test>\r\n"
+           "From: Bob <%s>\r\nSubject: complete\r\n\r\nbody\r\n" % ME)
+    s = logged_in(sub)
+    s.sendmail(ME, [VICTIM], msg)
+    s.quit()
+    m = sub.wait_messages(VICTIM, 1)[0].replace(b"\r\n", b"\n")
+    assert m.endswith(msg.replace("\r\n", "\n").encode()), m
+    lines, _, _ = stored(m)
+    for f in ("Date", "Message-ID", "From"):
+        assert count_fields(lines, f) == 1, (f, lines)
+
+
+def test_mx_mail_not_changed(sub):
+    """Mail from the open MX port gets nothing added."""
+    with SmtpRaw(sub.port) as c:
+        smtp_qid(c.mail("carol@other.test", [VICTIM], "Subject: mx\r\n\r\nbody\r\n"))
+        c.cmd("QUIT")
+    m = sub.wait_messages(VICTIM, 1)[0]
+    lines, body, _ = stored(m)
+    assert body == b"body\n"
+    for f in ("Date", "Message-ID", "From"):
+        assert count_fields(lines, f) == 0, (f, lines)
