@@ -78,6 +78,9 @@ static const struct conf_key conf_keys[] = {
 	CK("queue", "max_age", CT_DURATION, max_age, 60, 365LL * 86400),
 	CK("delivery", "remote_port", CT_INT, remote_port, 1, 65535),
 	CK("delivery", "mailbox_format", CT_MAILBOX, mailbox_mbox, 0, 1),
+	CK("auth", "brake_limit", CT_INT, brake_limit, 1, 100000),
+	CK("auth", "brake_window", CT_DURATION, brake_window, 1, 7LL * 86400),
+	CK("auth", "brake_max_delay", CT_DURATION, brake_max_delay, 0, 300),
 	CK("mailbox", "plaintext_auth", CT_BOOL, mailbox_plaintext_auth, 0, 1),
 	CK("log", "syslog", CT_BOOL, log_syslog, 0, 1),
 	CK("log", "level", CT_LOGLEVEL, log_level, 0, 3),
@@ -86,7 +89,7 @@ static const struct conf_key conf_keys[] = {
 
 static const char *const conf_sections[] = {
 	"server", "listen", "tls", "smtp", "limits", "dns", "database",
-	"queue", "delivery", "mailbox", "log",
+	"queue", "delivery", "auth", "mailbox", "log",
 };
 
 struct conf_parser {
@@ -650,6 +653,9 @@ static void conf_defaults(struct kale_config *cfg)
 	cfg->max_age = 5 * 86400;
 	cfg->remote_port = 25;
 	cfg->mailbox_mbox = 0;
+	cfg->brake_limit = 10;
+	cfg->brake_window = 900;
+	cfg->brake_max_delay = 15;
 	cfg->log_syslog = 0;
 	cfg->log_level = xstrdup("info");
 	cfg->log_min_level = 1;

@@ -64,6 +64,11 @@ struct kale_config {
 	int remote_port;     /* default 25 */
 	int mailbox_mbox;    /* mailbox_format: 0 maildir (default), 1 mbox */
 
+	/* [auth]: the brute-force brake (docs/auth.md) */
+	int brake_limit;           /* failures per address or account, default 10 */
+	int64_t brake_window;      /* seconds, default 15m */
+	int64_t brake_max_delay;   /* seconds, default 15; 0: no delays */
+
 	/* [mailbox]: POP3/IMAP servers */
 	int mailbox_plaintext_auth; /* plaintext_auth: allow USER/PASS, LOGIN,
 	                               AUTHENTICATE without TLS; bool, default 0 */

@@ -34,6 +34,7 @@
 #include "master/kaled.h"
 #include "store/store.h"
 #include "lookup/lookup.h"
+#include "auth/brake.h"
 
 #define IMAPD_LINE_MAX        65536            /* one command line */
 #define IMAPD_OUT_HIGH        (256 * 1024)     /* queued output that stops command reading */
@@ -82,6 +83,12 @@ struct imapd_sess {
 	struct event *close_ev;
 	struct event *login_deadline;  /* not authenticated: at most 2 x command_timeout */
 	int errors, bad_logins;
+	/* the brute-force brake: a login waiting for its delay */
+	struct brake_ticket brake;
+	int brake_wait;
+	struct event *brake_ev;
+	char brake_tag[IMAP_TAG_MAX + 1];
+	char *brake_user, *brake_pass;
 };
 
 struct imapd {
@@ -223,6 +230,13 @@ static void imapd_sess_free(struct imapd_sess *s)
 	struct imapd *d = s->d;
 	if (s->login_pending)
 		lookup_cancel(d->pool, s->login_req);
+	brake_end(d->ctx->brake, &s->brake, BRAKE_NEUTRAL, brake_now());
+	if (s->brake_ev != NULL)
+		event_free(s->brake_ev);
+	if (s->brake_pass != NULL)
+		OPENSSL_cleanse(s->brake_pass, strlen(s->brake_pass));
+	xfree(&s->brake_pass);
+	xfree(&s->brake_user);
 	imapd_idle_stop(s);
 	imapd_unselect(s);
 	if (s->close_ev != NULL)
@@ -477,6 +491,8 @@ static void imapd_cmd_starttls(struct imapd_sess *s, struct imap_cmd *c, int uid
  * answered: r is 1 right, 0 wrong, -1 store error. */
 static void imapd_login_finish(struct imapd_sess *s, const char *tag, const char *addr, int r)
 {
+	brake_end(s->d->ctx->brake, &s->brake, r > 0 ? BRAKE_SUCCESS : r == 0 ? BRAKE_FAILURE :
+	    BRAKE_NEUTRAL, brake_now());
 	if (r < 0) {
 		imapd_printf(s, "%s NO [UNAVAILABLE] Temporary authentication failure", tag);
 		log_event(LOG_LVL_ERROR, "imap.auth_error", "user", addr, "client", s->ip, NULL);
@@ -547,10 +563,11 @@ static void imapd_login_job_done(void *arg, int cancelled)
 		imapd_read_cb(s->bev, s);     /* go on with what the client pipelined */
 }
 
-static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *user, const char *pass)
+static void imapd_login_check(struct imapd_sess *s, const char *tag, const char *user, const char *pass)
 {
 	char addr[320];
 	if (util_fmt(addr, sizeof(addr), "%s", user) < 0 || strchr(addr, '@') == NULL) {
+		brake_end(s->d->ctx->brake, &s->brake, BRAKE_FAILURE, brake_now());
 		s->bad_logins++;
 		imapd_maillog(s, NULL, "login-failed", "invalid user name");
 		imapd_printf(s, "%s NO [AUTHENTICATIONFAILED] Authentication failed", tag);
@@ -574,6 +591,63 @@ static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *
 	}
 	imapd_login_finish(s, tag, addr,
 	    s->d->st != NULL ? store_user_check_password(s->d->st, addr, pass) : -1);
+}
+
+/* The brake's delay is over: the password is checked now. */
+static void imapd_brake_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct imapd_sess *s = arg;
+
+	(void)fd;
+	(void)what;
+	s->brake_wait = 0;
+	if (s->closing)
+		brake_end(s->d->ctx->brake, &s->brake, BRAKE_NEUTRAL, brake_now());
+	else
+		imapd_login_check(s, s->brake_tag, s->brake_user, s->brake_pass);
+	OPENSSL_cleanse(s->brake_pass, strlen(s->brake_pass));
+	xfree(&s->brake_pass);
+	xfree(&s->brake_user);
+	if (!s->closing)
+		bufferevent_enable(s->bev, EV_READ);
+	if (!s->closing && !s->login_pending)
+		imapd_read_cb(s->bev, s);     /* go on with what the client pipelined */
+}
+
+/* LOGIN / AUTHENTICATE PLAIN: the brute-force brake shared with smtpd and
+ * pop3d first (over its limit the password is not checked at all), then
+ * the check, after the brake's delay if there is one. */
+static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *user, const char *pass)
+{
+	struct brake_params bp;
+
+	brake_params_conf(s->d->ctx->cfg, &bp);
+	if (brake_begin(s->d->ctx->brake, &bp, s->ip, user, brake_now(), &s->brake) != BRAKE_GO) {
+		brake_log("imap", s->ip, user, &s->brake, "refuse");
+		imapd_maillog(s, NULL, "login-failed", "too many failed logins");
+		imapd_printf(s, "%s NO [UNAVAILABLE] Too many failed logins, try again later", tag);
+		if (++s->bad_logins >= IMAPD_MAX_BAD_LOGINS) {
+			imapd_printf(s, "* BYE Too many failed logins");
+			imapd_close(s);
+		}
+		return;
+	}
+	if (s->brake.delay_ms > 0) {
+		struct timeval tv = { s->brake.delay_ms / 1000, (s->brake.delay_ms % 1000) * 1000 };
+		if (s->brake_ev == NULL)
+			s->brake_ev = evtimer_new(s->d->base, imapd_brake_cb, s);
+		if (s->brake_ev != NULL) {
+			brake_log("imap", s->ip, user, &s->brake, "delay");
+			snprintf(s->brake_tag, sizeof(s->brake_tag), "%s", tag);
+			s->brake_user = xstrdup(user);
+			s->brake_pass = xstrdup(pass);
+			s->brake_wait = 1;
+			bufferevent_disable(s->bev, EV_READ);   /* no input piles up meanwhile */
+			evtimer_add(s->brake_ev, &tv);
+			return;
+		}
+	}
+	imapd_login_check(s, tag, user, pass);
 }
 
 static int imapd_plaintext_ok(struct imapd_sess *s, const char *tag)
@@ -1960,7 +2034,7 @@ static void imapd_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct imapd_sess *s = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
-	while (!s->closing && !s->starttls_pending && !s->login_pending) {
+	while (!s->closing && !s->starttls_pending && !s->login_pending && !s->brake_wait) {
 		/* Flow control: a client that sends commands and reads no replies
 		 * gets no more work done until it has read them. */
 		if (evbuffer_get_length(imapd_out(s)) > IMAPD_OUT_HIGH) {

@@ -9,6 +9,7 @@
 #include <openssl/ssl.h>
 
 struct kale_config;
+struct brake;
 
 enum kale_listen_kind {
 	LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SUBMISSIONS,
@@ -31,6 +32,7 @@ struct kale_ctx {
 	SSL_CTX *tls;              /* server context with the configured cert */
 	int worker_id;             /* 0.. for smtpd workers */
 	void *conn_table;          /* shared-memory connection counter (smtpd) */
+	struct brake *brake;       /* shared brute-force brake (smtpd, pop3d, imapd) */
 };
 
 int smtpd_main(struct kale_ctx *ctx);

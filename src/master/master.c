@@ -37,6 +37,7 @@
 #include "queue/queue_file.h"
 #include "sendmail/maildrop.h"
 #include "smtpd/conntable.h"
+#include "auth/brake.h"
 #include "store/store.h"
 
 #define MASTER_MAX_SLOTS 72
@@ -70,6 +71,7 @@ struct master {
 	int n_ls;
 	SSL_CTX *tls;
 	struct conntable *conns;
+	struct brake *brake;       /* shared by every child: never reset on restart */
 	int nworkers;
 	struct master_slot slot[MASTER_MAX_SLOTS];
 	int n_slots;
@@ -681,6 +683,7 @@ static void master_start(struct master *m, struct master_slot *s)
 		ctx.tls = m->tls;
 		ctx.worker_id = s->worker_id;
 		ctx.conn_table = m->conns;
+		ctx.brake = m->brake;
 		switch (s->role) {
 		case ROLE_SMTPD: rc = smtpd_main(&ctx); break;
 		case ROLE_QMGR: rc = qmgr_main(&ctx); break;
@@ -923,6 +926,27 @@ static void master_signal_cb(evutil_socket_t fd, short what, void *arg)
 
 /* ---------- control socket ---------- */
 
+/* The brute-force brake: what is braked now, the worst keys first. The
+ * table is written by the children: only the copies brake_stats() made
+ * (bounded, NUL-terminated) are printed. */
+static void master_ctl_brake(struct master *m, struct evbuffer *out)
+{
+	struct brake_params p;
+	struct brake_stats st;
+
+	brake_params_conf(&m->cfg, &p);
+	if (brake_stats(m->brake, &p, brake_now(), &st) < 0) {
+		evbuffer_add_printf(out, "brake: unavailable\n");
+		return;
+	}
+	evbuffer_add_printf(out, "brake: %d addresses (%d refused), %d accounts (%d refused)\n",
+	    st.ips, st.ips_blocked, st.accounts, st.accounts_blocked);
+	for (int i = 0; i < st.n_top; i++)
+		evbuffer_add_printf(out, "brake: %s %s failures %d%s, last %llds ago\n",
+		    st.top[i].is_account ? "account" : "address", st.top[i].name, st.top[i].failures,
+		    st.top[i].blocked ? " refused" : "", (long long)st.top[i].idle_s);
+}
+
 static void master_ctl_status(struct master *m, struct evbuffer *out)
 {
 	evbuffer_add_printf(out, "ok\ndaemon: running (pid %d)\nhostname: %s\ndata_dir: %s\n",
@@ -936,6 +960,7 @@ static void master_ctl_status(struct master *m, struct evbuffer *out)
 		    (int)m->slot[i].pid);
 	evbuffer_add_printf(out, "queue: incoming %d, hold %d\n",
 	    master_count_dir(QUEUE_DIR_INCOMING), master_count_dir(QUEUE_DIR_HOLD));
+	master_ctl_brake(m, out);
 }
 
 static void master_ctl_write_cb(struct bufferevent *bev, void *arg)
@@ -1188,6 +1213,11 @@ int master_run(const char *path)
 		error = xstrdup("cannot map the connection table");
 		goto fail;
 	}
+	m->brake = brake_create(BRAKE_SLOTS);
+	if (m->brake == NULL) {
+		error = xstrdup("cannot map the brute-force brake table");
+		goto fail;
+	}
 	m->base = event_base_new();
 	if (master_ctl_open(m, &error) < 0)
 		goto fail;
@@ -1248,6 +1278,7 @@ out:
 	if (m->lock_fd > 0)
 		close(m->lock_fd);
 	SSL_CTX_free(m->tls);
+	brake_free(&m->brake);
 	conf_free(&m->cfg);
 	free(m);
 	return rc;

@@ -31,10 +31,10 @@
 #include "pop3/pop3_parse.h"
 #include "store/store.h"
 #include "lookup/lookup.h"
+#include "auth/brake.h"
 
 #define POP3D_MAX_ERRORS     10      /* -ERR replies before we hang up */
 #define POP3D_MAX_BAD_LOGINS 3       /* failed PASS before we hang up */
-#define POP3D_FAIL_DELAY_MS  1000    /* a failed login is answered this late */
 #define POP3D_IN_HIGH        8192    /* stop reading past this much unparsed input */
 #define POP3D_OUT_HIGH       65536   /* stop producing past this much queued output */
 #define POP3D_OUT_LOW        16384   /* resume producing below this */
@@ -63,9 +63,11 @@ struct pop3d_session {
 	struct pop3_mbox *mb;
 	int errors, bad_logins;
 	int skipping;                  /* discarding the rest of an overlong line */
-	int busy;                      /* a failed-login delay or a password check runs */
+	int busy;                      /* a brake delay or a password check runs */
 	int login_pending;             /* password check on the lookup pool */
 	uint64_t login_req;
+	struct brake_ticket brake;     /* the brute-force brake (auth/brake.h) */
+	char *brake_pass;              /* PASS waiting for the brake's delay */
 	struct event *delay;
 	struct event *login_deadline;  /* AUTHORIZATION lasts at most 2 x command_timeout */
 	int xfer_fd;                   /* message being sent by RETR/TOP, or -1 */
@@ -181,6 +183,10 @@ static void pop3d_session_free(struct pop3d_session *s)
 		close(s->xfer_fd);
 	if (s->delay != NULL)
 		event_free(s->delay);
+	brake_end(srv->ctx->brake, &s->brake, BRAKE_NEUTRAL, brake_now());
+	if (s->brake_pass != NULL)
+		explicit_bzero(s->brake_pass, strlen(s->brake_pass));
+	xfree(&s->brake_pass);
 	if (s->login_deadline != NULL)
 		event_free(s->login_deadline);
 	pop3_mbox_free(&s->mb);
@@ -343,24 +349,30 @@ static void pop3d_cmd_user(struct pop3d_session *s, struct pop3_cmd *cmd)
 	pop3d_printf(s, "+OK");
 }
 
+static void pop3d_pass_finish(struct pop3d_session *s, int rc);
+static void pop3d_pass_check(struct pop3d_session *s, char *pass);
+
+/* The brake's delay is over: the password is checked now. */
 static void pop3d_delay_done(evutil_socket_t fd, short what, void *arg)
 {
 	struct pop3d_session *s = arg;
+	char *pass = s->brake_pass;
 
 	(void)fd;
 	(void)what;
 	s->busy = 0;
-	pop3d_printf(s, "-ERR [AUTH] Authentication failed");
-	if (s->bad_logins >= POP3D_MAX_BAD_LOGINS) {
-		pop3d_printf(s, "-ERR too many failed logins, closing connection");
-		pop3d_close(s);
+	s->brake_pass = NULL;
+	if (pass == NULL || s->state == POP3D_ST_CLOSING) {
+		brake_end(s->srv->ctx->brake, &s->brake, BRAKE_NEUTRAL, brake_now());
 	} else {
+		pop3d_pass_check(s, pass);
 		pop3d_process(s);
 	}
+	if (pass != NULL)
+		explicit_bzero(pass, strlen(pass));
+	free(pass);
 	pop3d_after(s);
 }
-
-static void pop3d_pass_finish(struct pop3d_session *s, int rc);
 
 struct pop3d_login_job {
 	const struct kale_config *cfg;
@@ -400,7 +412,7 @@ static void pop3d_login_job_done(void *arg, int cancelled)
 
 static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 {
-	int rc;
+	struct brake_params bp;
 
 	if (pop3d_plaintext_refused(s))
 		return;
@@ -408,6 +420,43 @@ static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 		pop3d_err(s, "USER first");
 		return;
 	}
+	/* The brake, shared with smtpd and imapd: over its limit the password
+	 * is not checked at all; below it, the check may have to wait. */
+	brake_params_conf(s->srv->cfg, &bp);
+	if (brake_begin(s->srv->ctx->brake, &bp, s->ip, s->user, brake_now(), &s->brake) != BRAKE_GO) {
+		explicit_bzero(cmd->arg, sizeof(cmd->arg));
+		brake_log("pop3", s->ip, s->user, &s->brake, "refuse");
+		pop3d_maillog(s, NULL, "login-failed", "too many failed logins");
+		s->user[0] = '\0';
+		pop3d_printf(s, "-ERR [SYS/TEMP] Too many failed logins, try again later");
+		if (++s->bad_logins >= POP3D_MAX_BAD_LOGINS) {
+			pop3d_printf(s, "-ERR too many failed logins, closing connection");
+			pop3d_close(s);
+		}
+		return;
+	}
+	if (s->brake.delay_ms > 0) {
+		if (s->delay == NULL)
+			s->delay = evtimer_new(s->srv->base, pop3d_delay_done, s);
+		if (s->delay != NULL) {
+			struct timeval tv = { s->brake.delay_ms / 1000, (s->brake.delay_ms % 1000) * 1000 };
+			brake_log("pop3", s->ip, s->user, &s->brake, "delay");
+			s->brake_pass = xstrdup(cmd->arg);
+			explicit_bzero(cmd->arg, sizeof(cmd->arg));
+			s->busy = 1;
+			evtimer_add(s->delay, &tv);
+			return;
+		}
+	}
+	pop3d_pass_check(s, cmd->arg);
+	explicit_bzero(cmd->arg, sizeof(cmd->arg));
+}
+
+/* PASS after the brake: on the pool, or inline without one. */
+static void pop3d_pass_check(struct pop3d_session *s, char *pass)
+{
+	int rc;
+
 	if (s->srv->pool != NULL) {
 		/* yescrypt costs tens of milliseconds: check on the pool so the
 		 * other sessions of this process are not stalled meanwhile */
@@ -415,15 +464,13 @@ static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
 		j->cfg = s->srv->cfg;
 		j->s = s;
 		snprintf(j->user, sizeof(j->user), "%s", s->user);
-		j->pass = xstrdup(cmd->arg);
-		explicit_bzero(cmd->arg, sizeof(cmd->arg));
+		j->pass = xstrdup(pass);
 		s->busy = 1;
 		s->login_pending = 1;
 		s->login_req = lookup_pool_job(s->srv->pool, pop3d_login_work, pop3d_login_job_done, j);
 		return;
 	}
-	rc = store_user_check_password(s->srv->st, s->user, cmd->arg);
-	explicit_bzero(cmd->arg, sizeof(cmd->arg));
+	rc = store_user_check_password(s->srv->st, s->user, pass);
 	pop3d_pass_finish(s, rc);
 }
 
@@ -435,6 +482,8 @@ static void pop3d_pass_finish(struct pop3d_session *s, int rc)
 	uint32_t count;
 	uint64_t size;
 
+	brake_end(s->srv->ctx->brake, &s->brake, rc > 0 ? BRAKE_SUCCESS : rc == 0 ? BRAKE_FAILURE :
+	    BRAKE_NEUTRAL, brake_now());
 	if (rc < 0) {
 		log_event(LOG_LVL_ERROR, "pop3.auth_error", "user", s->user, "client", s->ip, NULL);
 		pop3d_err(s, "[SYS/TEMP] authentication temporarily unavailable");
@@ -446,15 +495,10 @@ static void pop3d_pass_finish(struct pop3d_session *s, int rc)
 		    "tls", s->tls ? "yes" : "no", NULL);
 		pop3d_maillog(s, s->user, "login-failed", "authentication failed");
 		s->user[0] = '\0';
-		s->busy = 1;
-		if (s->delay == NULL)
-			s->delay = evtimer_new(s->srv->base, pop3d_delay_done, s);
-		if (s->delay != NULL) {
-			struct timeval tv = { POP3D_FAIL_DELAY_MS / 1000,
-				(POP3D_FAIL_DELAY_MS % 1000) * 1000 };
-			evtimer_add(s->delay, &tv);
-		} else {
-			pop3d_delay_done(-1, 0, s);
+		pop3d_printf(s, "-ERR [AUTH] Authentication failed");
+		if (s->bad_logins >= POP3D_MAX_BAD_LOGINS) {
+			pop3d_printf(s, "-ERR too many failed logins, closing connection");
+			pop3d_close(s);
 		}
 		return;
 	}

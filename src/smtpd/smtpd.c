@@ -37,6 +37,7 @@
 #include "smtpd/smtp_parse.h"
 #include "store/store.h"
 #include "auth/auth.h"
+#include "auth/brake.h"
 #include "lookup/lookup.h"
 #include "mail/addr.h"
 #include "mail/hdrscan.h"
@@ -129,7 +130,9 @@ struct smtpd_session {
 	char *auth_address;        /* authenticated address, NULL if none */
 	uint64_t auth_req;         /* pending pool request */
 	struct smtpd_rcptwait *rw; /* pending recipient verification */
-	struct event *auth_delay_ev;
+	struct event *auth_delay_ev;   /* the brake's delay before the check */
+	struct smtpd_authjob *auth_delayed;   /* the check waiting for it */
+	struct brake_ticket auth_brake;
 	int auth_fails;
 	int discard_line;          /* skipping the rest of an over-long line */
 	int busy;                  /* inside smtpd_process */
@@ -165,7 +168,6 @@ struct smtpd_worker {
 	struct lookup_pool *pool;
 	struct auth_settings auth;   /* cached, re-read at most once a second */
 	uint64_t auth_read_ms;
-	struct smtpd_authfail { char ip[INET6_ADDRSTRLEN]; int count; time_t last; } authfail[256];              /* 1 graceful (finish sessions), 2 now */
 };
 
 static void smtpd_read_cb(struct bufferevent *bev, void *arg);
@@ -1262,27 +1264,6 @@ static int smtpd_auth_allowed(struct smtpd_session *s, int *need_tls_r)
 	return 1;
 }
 
-static struct smtpd_authfail *smtpd_authfail_slot(struct smtpd_worker *w, const char *ip, int create)
-{
-	struct smtpd_authfail *oldest = &w->authfail[0];
-	time_t now = time(NULL);
-
-	for (int i = 0; i < 256; i++) {
-		struct smtpd_authfail *f = &w->authfail[i];
-		if (f->ip[0] && now - f->last > 900)
-			memset(f, 0, sizeof(*f));        /* forgotten after 15 minutes */
-		if (f->ip[0] && strcmp(f->ip, ip) == 0)
-			return f;
-		if (f->last < oldest->last)
-			oldest = f;
-	}
-	if (!create)
-		return NULL;
-	memset(oldest, 0, sizeof(*oldest));
-	snprintf(oldest->ip, sizeof(oldest->ip), "%s", ip);
-	return oldest;
-}
-
 struct smtpd_authjob {
 	const struct kale_config *cfg;
 	struct smtpd_session *s;
@@ -1298,15 +1279,36 @@ static void smtpd_authjob_work(void *arg)
 	j->result = auth_check(j->cfg, j->user, j->pass, &j->address, &j->detail);
 }
 
+static void smtpd_authjob_free(struct smtpd_authjob *j)
+{
+	if (j->pass)
+		OPENSSL_cleanse(j->pass, strlen(j->pass));
+	free(j->user);
+	free(j->pass);
+	free(j->address);
+	free(j->detail);
+	free(j);
+}
+
+static void smtpd_authjob_done(void *arg, int cancelled);
+
+/* The brake's delay is over: the password is checked now. */
 static void smtpd_auth_delay_cb(evutil_socket_t fd, short what, void *arg)
 {
 	struct smtpd_session *s = arg;
+	struct smtpd_authjob *j = s->auth_delayed;
 
 	(void)fd;
 	(void)what;
-	s->state = SMTPD_CMD;
-	bufferevent_enable(s->bev, EV_READ);
-	smtpd_process(s);
+	s->auth_delayed = NULL;
+	if (j == NULL)
+		return;
+	if (s->state != SMTPD_WAIT || s->w->pool == NULL) {
+		brake_end(s->w->ctx->brake, &s->auth_brake, BRAKE_NEUTRAL, brake_now());
+		smtpd_authjob_free(j);
+		return;
+	}
+	s->auth_req = lookup_pool_job(s->w->pool, smtpd_authjob_work, smtpd_authjob_done, j);
 }
 
 static void smtpd_authjob_done(void *arg, int cancelled)
@@ -1314,10 +1316,12 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 	struct smtpd_authjob *j = arg;
 	struct smtpd_session *s = j->s;
 
+	if (!cancelled)
+		brake_end(s->w->ctx->brake, &s->auth_brake, j->result == AUTH_OK ? BRAKE_SUCCESS :
+		    j->result == AUTH_FAIL ? BRAKE_FAILURE : BRAKE_NEUTRAL, brake_now());
 	if (!cancelled && s->state == SMTPD_CLOSING) {
 		s->auth_req = 0;           /* shutting down: the 421 is on its way */
 	} else if (!cancelled) {
-		struct smtpd_authfail *f;
 		s->auth_req = 0;
 		switch (j->result) {
 		case AUTH_OK:
@@ -1326,16 +1330,10 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 			smtpd_reply(s, "235 2.7.0 Authentication successful");
 			log_event(LOG_LVL_INFO, "auth.ok", "client", s->ip, "user", s->auth_address,
 			    "detail", j->detail, NULL);
-			if ((f = smtpd_authfail_slot(s->w, s->ip, 0)) != NULL)
-				f->count = 0;
 			s->state = SMTPD_CMD;
 			break;
 		case AUTH_FAIL: {
 			struct store_log_row row = { 0 };
-			struct timeval tv = { 0, 0 };
-			f = smtpd_authfail_slot(s->w, s->ip, 1);
-			f->count++;
-			f->last = time(NULL);
 			s->auth_fails++;
 			row.client = s->ip;
 			row.rcpt = j->user;
@@ -1346,18 +1344,13 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 			log_event(LOG_LVL_WARN, "auth.fail", "client", s->ip, "user", j->user,
 			    "detail", j->detail, NULL);
 			smtpd_reply(s, "535 5.7.8 Authentication credentials invalid");
-			if (f->count >= 10 || s->auth_fails >= 3) {
+			if (s->auth_fails >= 3) {
 				smtpd_reply(s, "421 4.7.0 Too many failed authentications");
 				s->state = SMTPD_CLOSING;
 				break;
 			}
-			/* exponential delay before the next command is read: 1, 2, 4, 8 s */
-			tv.tv_sec = 1 << (f->count - 1 > 3 ? 3 : f->count - 1);
-			if (s->auth_delay_ev == NULL)
-				s->auth_delay_ev = evtimer_new(s->w->base, smtpd_auth_delay_cb, s);
-			evtimer_add(s->auth_delay_ev, &tv);
-			bufferevent_disable(s->bev, EV_READ);
-			s->state = SMTPD_WAIT;
+			/* the next AUTH waits for the brake (smtpd_auth_start) */
+			s->state = SMTPD_CMD;
 			break;
 		}
 		default:
@@ -1374,26 +1367,25 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 			smtpd_close(s);
 		}
 	}
-	if (j->pass)
-		OPENSSL_cleanse(j->pass, strlen(j->pass));
-	free(j->user);
-	free(j->pass);
-	free(j->address);
-	free(j->detail);
-	free(j);
+	smtpd_authjob_free(j);
 }
 
 static void smtpd_auth_start(struct smtpd_session *s, const char *user, const char *pass)
 {
 	struct smtpd_authjob *j;
-	struct smtpd_authfail *f = smtpd_authfail_slot(s->w, s->ip, 0);
+	struct brake_params bp;
 
-	if (f && f->count >= 10) {
-		smtpd_reply(s, "421 4.7.0 Too many failed authentications from your address");
+	/* The brake, shared by every worker, pop3d and imapd: over the limit
+	 * the password is not even checked; below it, the check waits. */
+	brake_params_conf(s->w->cfg, &bp);
+	if (brake_begin(s->w->ctx->brake, &bp, s->ip, user, brake_now(), &s->auth_brake) != BRAKE_GO) {
+		brake_log("smtp", s->ip, user, &s->auth_brake, "refuse");
+		smtpd_reply(s, "421 4.7.0 Too many failed authentications from your address or for this user, try again later");
 		s->state = SMTPD_CLOSING;
 		return;
 	}
 	if (s->w->pool == NULL) {
+		brake_end(s->w->ctx->brake, &s->auth_brake, BRAKE_NEUTRAL, brake_now());
 		smtpd_reply(s, "454 4.7.0 Temporary authentication failure");
 		s->state = SMTPD_CMD;
 		return;
@@ -1405,6 +1397,17 @@ static void smtpd_auth_start(struct smtpd_session *s, const char *user, const ch
 	j->pass = xstrdup(pass);
 	s->state = SMTPD_WAIT;
 	bufferevent_disable(s->bev, EV_READ);
+	if (s->auth_brake.delay_ms > 0) {
+		struct timeval tv = { s->auth_brake.delay_ms / 1000, (s->auth_brake.delay_ms % 1000) * 1000 };
+		brake_log("smtp", s->ip, user, &s->auth_brake, "delay");
+		if (s->auth_delay_ev == NULL)
+			s->auth_delay_ev = evtimer_new(s->w->base, smtpd_auth_delay_cb, s);
+		if (s->auth_delay_ev != NULL) {
+			s->auth_delayed = j;
+			evtimer_add(s->auth_delay_ev, &tv);
+			return;
+		}
+	}
 	s->auth_req = lookup_pool_job(s->w->pool, smtpd_authjob_work, smtpd_authjob_done, j);
 }
 
@@ -2085,6 +2088,9 @@ static void smtpd_free(struct smtpd_session *s)
 	}
 	if (s->auth_delay_ev)
 		event_free(s->auth_delay_ev);
+	if (s->auth_delayed)
+		smtpd_authjob_free(s->auth_delayed);
+	brake_end(w->ctx->brake, &s->auth_brake, BRAKE_NEUTRAL, brake_now());
 	free(s->auth_login);
 	free(s->auth_address);
 	if (s->greet_ev)

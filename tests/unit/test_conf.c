@@ -540,6 +540,32 @@ static void test_file_errors(void **state)
 	free(err);
 }
 
+/* [auth]: the brute-force brake's keys, defaults and bounds. */
+static void test_brake_keys(void **state)
+{
+	struct kale_config cfg;
+	char *err = NULL;
+
+	(void)state;
+	assert_int_equal(load_text("[server]\ndata_dir = /tmp\n", &cfg, &err), 0);
+	assert_int_equal(cfg.brake_limit, 10);
+	assert_int_equal(cfg.brake_window, 900);
+	assert_int_equal(cfg.brake_max_delay, 15);
+	conf_free(&cfg);
+	assert_int_equal(load_text("[auth]\nbrake_limit = 3\nbrake_window = 2h\nbrake_max_delay = 0\n",
+	    &cfg, &err), 0);
+	assert_int_equal(cfg.brake_limit, 3);
+	assert_int_equal(cfg.brake_window, 7200);
+	assert_int_equal(cfg.brake_max_delay, 0);
+	conf_free(&cfg);
+	expect_error("[auth]\nbrake_limit = 0\n", 2, "[auth] brake_limit");
+	expect_error("[auth]\n\nbrake_window = 0\n", 3, "[auth] brake_window");
+	expect_error("[auth]\nbrake_window = 8d\n", 2, "[auth] brake_window");
+	expect_error("[auth]\nbrake_max_delay = 5m1\n", 2, "[auth] brake_max_delay");
+	expect_error("[auth]\nbrake_max_delay = 301\n", 2, "[auth] brake_max_delay");
+	expect_error("[auth]\nbrake = 1\n", 2, "unknown key 'brake' in [auth]");
+}
+
 /* The sample kale.conf at the repository root must load. */
 static void test_sample_config(void **state)
 {
@@ -587,6 +613,7 @@ int main(void)
 		cmocka_unit_test(test_errors),
 		cmocka_unit_test(test_file_errors),
 		cmocka_unit_test(test_sample_config),
+		cmocka_unit_test(test_brake_keys),
 	};
 	return cmocka_run_group_tests(tests, setup, teardown);
 }
