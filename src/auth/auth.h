@@ -7,6 +7,8 @@
 
 #include <stddef.h>
 
+#include "store/store.h"
+
 struct kale_config;
 
 enum auth_result { AUTH_OK = 0, AUTH_FAIL = 1, AUTH_TEMPFAIL = 2 };
@@ -23,6 +25,16 @@ struct auth_settings {
 
 /* Reads the settings from the policy store (defaults if never set). 0 ok, -1 error. */
 int auth_settings_get(const struct kale_config *cfg, struct auth_settings *s_r, char **error_r);
+
+/* The same from an open store handle (kalectl auth show). */
+int auth_settings_load(store *st, struct auth_settings *s_r, char **error_r);
+
+/* Checks and normalises one setting before it is stored (kalectl auth set):
+ * key is one of enable tls_only fake_sender_control (yes|no) timeout
+ * (1..300) username_format (username|address) default_domain (a domain or
+ * "") method (localdb|servers|ldap:PROFILE). norm gets the value to store.
+ * 0 ok, -1 with a malloc'd *error_r. */
+int auth_setting_check(const char *key, const char *value, char *norm, size_t cap, char **error_r);
 
 /* Checks USER/PASSWORD with the configured method. On AUTH_OK, *address_r
  * gets the malloc'd canonical address of the user (login "bob" with

@@ -15,17 +15,6 @@
 #define AUTH_PASSWORD_MAX 1024
 #define AUTH_TIMEOUT_MAX  300
 
-/* Fills s_r with the defaults, then the values found in the store.
- * 0 ok, -1 error (*error_r). */
-int auth_settings_load(store *st, struct auth_settings *s_r, char **error_r);
-
-/* Checks and normalises one setting before it is stored: key is one of
- * enable tls_only fake_sender_control (yes|no) timeout (1..300)
- * username_format (username|address) default_domain (a domain or "")
- * method (localdb|servers|ldap:PROFILE). norm gets the value to store.
- * 0 ok, -1 with a malloc'd *error_r. */
-int auth_setting_check(const char *key, const char *value, char *norm, size_t cap, char **error_r);
-
 /* The address LOGIN is checked as: a full address is lower-cased; a bare
  * user name gets "@default_domain" in "username" mode, and is refused in
  * "address" mode. Control characters and spaces are refused.

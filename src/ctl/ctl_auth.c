@@ -8,7 +8,7 @@
 #include <string.h>
 #include <unistd.h>
 
-#include "auth/auth_int.h"
+#include "auth/auth.h"
 #include "lib/util.h"
 
 #define CTL_AUTH_EXIT_ERROR 2

@@ -1217,7 +1217,19 @@ struct relay *relay_new(struct event_base *base, const struct kale_config *cfg, 
 
 	r->base = base;
 	r->cfg = cfg;
-	r->dns = dns_new(base, &cfg->dns_servers, error_r);
+	{
+		/* [dns] servers as c-ares's csv list; empty: /etc/resolv.conf */
+		char csv[CONF_MAX_ADDRS * 300] = "";
+		size_t len = 0;
+		for (int i = 0; i < cfg->dns_servers.n; i++) {
+			char one[300];
+			if (conf_addr_format(&cfg->dns_servers.addr[i], one, sizeof(one)) < 0 ||
+			    util_fmt(csv + len, sizeof(csv) - len, "%s%s", i ? "," : "", one) < 0)
+				break;
+			len = strlen(csv);
+		}
+		r->dns = dns_new(base, csv, error_r);
+	}
 	if (r->dns == NULL) {
 		free(r);
 		return NULL;

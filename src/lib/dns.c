@@ -13,7 +13,6 @@
 #include <ares.h>
 #include <event2/event.h>
 
-#include "conf/conf.h"
 #include "lib/util.h"
 
 #define DNS_MAX_SOCKS 32
@@ -117,7 +116,7 @@ static void dns_sock_state_cb(void *data, ares_socket_t fd, int readable, int wr
 	event_add(s->ev, NULL);
 }
 
-struct dns *dns_new(struct event_base *base, const struct conf_listen *servers, char **error_r)
+struct dns *dns_new(struct event_base *base, const char *servers, char **error_r)
 {
 	struct dns *d = xcalloc(1, sizeof(*d));
 	struct ares_options opt;
@@ -142,17 +141,8 @@ struct dns *dns_new(struct event_base *base, const struct conf_listen *servers, 
 		free(d);
 		return NULL;
 	}
-	if (servers != NULL && servers->n > 0) {
-		char csv[CONF_MAX_ADDRS * 300] = "";
-		size_t len = 0;
-		for (int i = 0; i < servers->n; i++) {
-			char one[300];
-			if (conf_addr_format(&servers->addr[i], one, sizeof(one)) < 0 ||
-			    util_fmt(csv + len, sizeof(csv) - len, "%s%s", i ? "," : "", one) < 0)
-				break;
-			len = strlen(csv);
-		}
-		rc = ares_set_servers_ports_csv(d->ch, csv);
+	if (servers != NULL && servers[0] != '\0') {
+		rc = ares_set_servers_ports_csv(d->ch, servers);
 		if (rc != ARES_SUCCESS) {
 			if (asprintf(error_r, "[dns] servers: %s", ares_strerror(rc)) < 0)
 				*error_r = NULL;

@@ -7,7 +7,6 @@
 #include <sys/socket.h>
 
 struct event_base;
-struct conf_listen;
 struct dns;
 
 enum dns_status {
@@ -36,9 +35,9 @@ typedef void dns_mx_cb(void *arg, enum dns_status st, const struct dns_mx *mx, i
 typedef void dns_addr_cb(void *arg, enum dns_status st, const struct dns_addr *a, int n,
     const char *error);
 
-/* servers: "host:port" list from [dns] servers, or NULL / empty for
- * /etc/resolv.conf. Returns NULL with a malloc'd *error_r. */
-struct dns *dns_new(struct event_base *base, const struct conf_listen *servers, char **error_r);
+/* servers: c-ares's "host:port,[v6]:port" list (from [dns] servers), or
+ * NULL / "" for /etc/resolv.conf. Returns NULL with a malloc'd *error_r. */
+struct dns *dns_new(struct event_base *base, const char *servers, char **error_r);
 /* Cancels pending queries (their callbacks run with DNS_CANCELLED) and frees. */
 void dns_free(struct dns **d);
 
