@@ -410,10 +410,9 @@ static char *imap_header_filter(const char *h, size_t hl, const struct imap_fetc
 	return out;
 }
 
-int imap_section_get(const char *msg, size_t len, const struct mime_part *root,
-    const struct imap_fetch_att *a, const char **data_r, size_t *len_r, char **owned_r)
+int imap_section_range(const struct mime_part *root, size_t len, const struct imap_fetch_att *a,
+    size_t *off_r, size_t *len_r)
 {
-	*owned_r = NULL;
 	const struct mime_part *node = root;
 	int is_msg = 1;
 	for (int i = 0; i < a->n_part; i++) {
@@ -449,30 +448,124 @@ int imap_section_get(const char *msg, size_t len, const struct mime_part *root,
 	switch (a->sect) {
 	case IMAP_S_ALL:
 		if (a->n_part == 0) {
-			*data_r = msg;
+			*off_r = 0;
 			*len_r = len;
 		} else {
-			*data_r = msg + node->body_off;
+			*off_r = node->body_off;
 			*len_r = node->end_off - node->body_off;
 		}
 		return 0;
 	case IMAP_S_MIME:
-		*data_r = msg + node->hdr_off;
+		*off_r = node->hdr_off;
 		*len_r = node->body_off - node->hdr_off;
 		return 0;
 	case IMAP_S_HEADER:
-		*data_r = msg + m->hdr_off;
+		*off_r = m->hdr_off;
 		*len_r = m->body_off - m->hdr_off;
 		return 0;
 	case IMAP_S_TEXT:
-		*data_r = msg + m->body_off;
+		*off_r = m->body_off;
 		*len_r = m->end_off - m->body_off;
 		return 0;
 	case IMAP_S_FIELDS:
 	case IMAP_S_FIELDS_NOT:
-		*owned_r = imap_header_filter(msg + m->hdr_off, m->body_off - m->hdr_off, a, len_r);
+		*off_r = m->hdr_off;
+		*len_r = m->body_off - m->hdr_off;
+		return 2;
+	}
+	return 1;
+}
+
+char *imap_section_fields(const char *hdr, size_t len, const struct imap_fetch_att *a, size_t *len_r)
+{
+	return imap_header_filter(hdr, len, a, len_r);
+}
+
+int imap_section_get(const char *msg, size_t len, const struct mime_part *root,
+    const struct imap_fetch_att *a, const char **data_r, size_t *len_r, char **owned_r)
+{
+	size_t off = 0, n = 0;
+	*owned_r = NULL;
+	int r = imap_section_range(root, len, a, &off, &n);
+	if (r == 1)
+		return 1;
+	if (r == 2) {
+		*owned_r = imap_header_filter(msg + off, n, a, len_r);
 		*data_r = *owned_r;
 		return 0;
 	}
-	return 1;
+	*data_r = msg + off;
+	*len_r = n;
+	return 0;
+}
+
+/* ---- the parsed form kept in the cache ---- */
+
+static char *imap_evbuffer_take(struct evbuffer *b, size_t *len_r)
+{
+	size_t n = evbuffer_get_length(b);
+	char *s = xmalloc(n + 1);
+	evbuffer_remove(b, s, n);
+	s[n] = '\0';
+	*len_r = n;
+	return s;
+}
+
+static void imap_params_drop(struct mime_param **p, size_t *n)
+{
+	for (size_t i = 0; i < *n; i++) {
+		xfree(&(*p)[i].name);
+		xfree(&(*p)[i].value);
+	}
+	xfree(p);
+	*n = 0;
+}
+
+/* Once BODY and BODYSTRUCTURE are rendered, sections need only the shape
+ * of the tree (type, subtype, offsets): the rest goes, so a cache entry of
+ * a message with thousands of parts stays small. */
+static void imap_fetch_strip(struct mime_part *root)
+{
+	struct mime_part *p = root;
+	while (p != NULL) {
+		imap_params_drop(&p->params, &p->n_params);
+		imap_params_drop(&p->disp_params, &p->n_disp_params);
+		char **str[] = { &p->id, &p->description, &p->encoding, &p->md5, &p->language,
+		    &p->location, &p->disposition };
+		for (size_t i = 0; i < sizeof(str) / sizeof(str[0]); i++)
+			xfree(str[i]);
+		if (p->children != NULL) {
+			p = p->children;
+			continue;
+		}
+		while (p != root && p->next == NULL)
+			p = p->parent;
+		if (p == root)
+			break;
+		p = p->next;
+	}
+}
+
+struct imap_cache_ent *imap_fetch_parse(const char *msg, size_t len)
+{
+	struct mime_part *mime = mime_parse(msg, len, NULL, NULL);
+	if (mime == NULL)
+		return NULL;
+	struct evbuffer *b = evbuffer_new();
+	if (b == NULL) {
+		mime_free(&mime);
+		return NULL;
+	}
+	struct imap_cache_ent *e = xcalloc(1, sizeof(*e));
+	e->mime = mime;
+	e->crlf_size = (int64_t)len;
+	imap_write_envelope(b, msg, mime);
+	e->envelope = imap_evbuffer_take(b, &e->envelope_len);
+	imap_write_bodystructure(b, msg, mime, 0);
+	e->body = imap_evbuffer_take(b, &e->body_len);
+	imap_write_bodystructure(b, msg, mime, 1);
+	e->bodystructure = imap_evbuffer_take(b, &e->bodystructure_len);
+	evbuffer_free(b);
+	imap_fetch_strip(mime);
+	return e;
 }

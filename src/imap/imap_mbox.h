@@ -6,6 +6,8 @@
 
 #include <stddef.h>
 #include <stdint.h>
+#include <sys/stat.h>
+#include <sys/types.h>
 #include <time.h>
 
 #define IMAP_FL_SEEN     0x01
@@ -52,6 +54,36 @@ int imap_mbox_unlink(struct imap_mbox *mb, struct imap_msg *m);
 /* Reads the message, converting bare LF to CRLF; sets m->size. The buffer is
  * malloc'd. 0 ok, -1 *error_r. */
 int imap_mbox_read(struct imap_mbox *mb, struct imap_msg *m, char **data_r, size_t *len_r, const char **error_r);
+/* ---- message files in bounded pieces (FETCH streams bodies from them) ---- */
+/* Opens the message file read-only (finding it again if another session
+ * renamed it) and fills *sb_r; sets m->idate. An fd, or -1 with *error_r
+ * (gone, not a regular file, larger than IMAP_MBOX_MAX_FILE). */
+int imap_mbox_open(struct imap_mbox *mb, struct imap_msg *m, struct stat *sb_r, const char **error_r);
+/* The size the file of fsize bytes has with bare LF served as CRLF, read in
+ * 64 KiB pieces. 0 ok, -1 read error. */
+int imap_mbox_crlf_size(int fd, uint64_t fsize, int64_t *size_r);
+
+/* Reads bytes [off, off + len) of the CRLF form of a file. conv = 0 when the
+ * file has no bare LF (its CRLF size is its size): then offsets are file
+ * offsets; else bare LFs are expanded and the reader starts at the top. */
+struct imap_crlf_rd {
+	int fd, conv, prev_cr;
+	uint64_t foff, skip, left;
+};
+void imap_crlf_rd_init(struct imap_crlf_rd *rd, int fd, int conv, uint64_t off, uint64_t len);
+/* The next bytes into out (cap >= 2): a count > 0, 0 when all len bytes were
+ * given, -1 on a read error or if the file ended early (it changed). */
+ssize_t imap_crlf_rd_next(struct imap_crlf_rd *rd, char *out, size_t cap);
+
+/* A range of the CRLF form in memory (NUL-terminated); buffers of 1 MiB or
+ * more are anonymous mappings, returned to the kernel when freed. */
+struct imap_mbox_buf {
+	char *data;
+	size_t len, map_len;
+};
+int imap_mbox_read_range(int fd, int conv, uint64_t off, size_t len, struct imap_mbox_buf *b);
+void imap_mbox_buf_free(struct imap_mbox_buf *b);
+
 /* INTERNALDATE (file mtime). */
 time_t imap_mbox_idate(struct imap_mbox *mb, struct imap_msg *m);
 

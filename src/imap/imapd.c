@@ -24,6 +24,7 @@
 
 #include "conf/conf.h"
 #include "deliver/deliver.h"
+#include "imap/imap_cache.h"
 #include "imap/imap_fetch.h"
 #include "imap/imap_mbox.h"
 #include "imap/imap_parse.h"
@@ -38,6 +39,8 @@
 
 #define IMAPD_LINE_MAX        65536            /* one command line */
 #define IMAPD_OUT_HIGH        (256 * 1024)     /* queued output that stops command reading */
+#define IMAPD_OUT_LOW         (64 * 1024)      /* a FETCH being written is resumed below this */
+#define IMAPD_STREAM_CHUNK    (64 * 1024)      /* literal bytes read from a file at a time */
 #define IMAPD_CMD_MAX_PREAUTH 8192             /* a whole command before login */
 #define IMAPD_CMD_MAX         (1024 * 1024)    /* a whole command after login */
 #define IMAPD_MAX_ERRORS      20
@@ -78,6 +81,7 @@ struct imapd_sess {
 	int starttls_pending;
 	int login_pending;        /* password check running on the pool */
 	int out_blocked;          /* output above IMAPD_OUT_HIGH: commands wait */
+	struct imapd_fetch *fetch; /* a FETCH still being written: commands wait */
 	uint64_t login_req;
 	int closing;
 	struct event *close_ev;
@@ -108,6 +112,9 @@ static void imapd_read_cb(struct bufferevent *bev, void *arg);
 static void imapd_write_cb(struct bufferevent *bev, void *arg);
 static void imapd_event_cb(struct bufferevent *bev, short what, void *arg);
 static void imapd_sess_free(struct imapd_sess *s);
+struct imapd_fetch;
+static void imapd_fetch_free(struct imapd_fetch **jp);
+static int imapd_fetch_pump(struct imapd_sess *s);
 
 /* ---- output ---- */
 
@@ -238,6 +245,7 @@ static void imapd_sess_free(struct imapd_sess *s)
 	xfree(&s->brake_pass);
 	xfree(&s->brake_user);
 	imapd_idle_stop(s);
+	imapd_fetch_free(&s->fetch);
 	imapd_unselect(s);
 	if (s->close_ev != NULL)
 		event_free(s->close_ev);
@@ -1166,45 +1174,172 @@ static int imapd_fetch_atts(const struct imap_arg *a, struct imap_fetch_att **at
 	return 0;
 }
 
-static void imapd_fetch_one(struct imapd_sess *s, size_t idx, struct imap_fetch_att *atts, size_t n_atts, int uid)
+/* A FETCH is written one message at a time as the client reads: literal
+ * bodies are streamed from the file in IMAPD_STREAM_CHUNK pieces whenever
+ * less than IMAPD_OUT_HIGH waits, so a session holds about that much output
+ * whatever the message sizes. No other command is read until it is done, so
+ * replies stay in order. */
+struct imapd_fetch {
+	char tag[IMAP_TAG_MAX + 1];
+	int uid;
+	struct imap_seqset set;
+	struct imap_fetch_att *atts;
+	size_t n_atts;
+	size_t next;                 /* next message index to look at */
+	/* the message being written */
+	size_t idx;
+	int in_msg;                  /* "* n FETCH (" written; attributes from att on */
+	size_t att;
+	int first, has_flags;
+	int fd;                      /* its file, or -1 */
+	struct stat sb;
+	int conv;                    /* the file has bare LF: served as CRLF */
+	struct imap_cache_ent *ent;  /* its parsed form, pinned while this message needs it */
+	int streaming;
+	struct imap_crlf_rd rd;      /* the literal being streamed */
+};
+
+static void imapd_fetch_msg_end(struct imapd_fetch *j)
+{
+	imap_cache_release(&j->ent);
+	if (j->fd >= 0)
+		close(j->fd);
+	j->fd = -1;
+	j->in_msg = 0;
+	j->streaming = 0;
+}
+
+static void imapd_fetch_free(struct imapd_fetch **jp)
+{
+	struct imapd_fetch *j = *jp;
+	if (j == NULL)
+		return;
+	imapd_fetch_msg_end(j);
+	for (size_t k = 0; k < j->n_atts; k++)
+		imap_fetch_att_free(&j->atts[k]);
+	xfree(&j->atts);
+	imap_seqset_free(&j->set);
+	xfree(jp);
+}
+
+/* The parsed structure of the open message, from the cache or parsed now
+ * (once, then cached); pinned in j->ent. NULL if the file cannot be read. */
+static struct imap_cache_ent *imapd_fetch_ent(struct imapd_fetch *j, struct imap_msg *m)
+{
+	if (j->ent != NULL)
+		return j->ent;
+	struct imap_cache_key k = { (uint64_t)j->sb.st_dev, (uint64_t)j->sb.st_ino, (uint64_t)j->sb.st_size,
+	    (int64_t)j->sb.st_mtim.tv_sec * 1000000000 + (int64_t)j->sb.st_mtim.tv_nsec, m->base };
+	j->ent = imap_cache_get(&k);
+	if (j->ent != NULL)
+		return j->ent;
+	struct imap_mbox_buf b;
+	if (imap_mbox_read_range(j->fd, j->conv, 0, (size_t)m->size, &b) < 0)
+		return NULL;
+	struct imap_cache_ent *e = imap_fetch_parse(b.data, b.len);
+	imap_mbox_buf_free(&b);
+	if (e == NULL)
+		return NULL;
+	e->dev = k.dev;
+	e->ino = k.ino;
+	e->fsize = k.fsize;
+	e->mtime_ns = k.mtime_ns;
+	e->base = xstrdup(m->base);
+	j->ent = imap_cache_put(e);
+	return j->ent;
+}
+
+/* Does the attribute need the parsed structure (everything but whole-message
+ * literals and per-file facts)? */
+static int imapd_att_needs_ent(const struct imap_fetch_att *a)
+{
+	return a->kind == IMAP_F_ENVELOPE || a->kind == IMAP_F_BODYSTRUCTURE || a->kind == IMAP_F_BODY ||
+	    (a->kind == IMAP_F_SECTION && (a->n_part > 0 || a->sect != IMAP_S_ALL));
+}
+
+/* Something went wrong after part of the reply was written (the file
+ * changed under us): the literal cannot be completed, so the session ends. */
+static void imapd_fetch_fail(struct imapd_sess *s, const char *why)
+{
+	log_event(LOG_LVL_WARN, "imap.fetch_failed", "client", s->ip, "user", s->user, "reason", why, NULL);
+	imapd_close(s);
+}
+
+/* Starts message idx: opens its file if an attribute needs it, sets \Seen,
+ * writes "* n FETCH (". A message whose file is gone gets a short reply. */
+static void imapd_fetch_begin(struct imapd_sess *s, struct imapd_fetch *j, size_t idx)
 {
 	struct imap_msg *m = &s->mb.msgs[idx];
-	struct imapd_msgdata md = { NULL, 0, NULL, 0 };
 	struct evbuffer *o = imapd_out(s);
-	int need_data = 0, set_seen = 0, has_uid = 0, has_flags = 0;
-	for (size_t i = 0; i < n_atts; i++) {
-		if (atts[i].kind == IMAP_F_SECTION || atts[i].kind == IMAP_F_ENVELOPE ||
-		    atts[i].kind == IMAP_F_BODYSTRUCTURE || atts[i].kind == IMAP_F_BODY ||
-		    (atts[i].kind == IMAP_F_SIZE && m->size < 0))
-			need_data = 1;
-		if (atts[i].kind == IMAP_F_SECTION && !atts[i].peek)
+	int need_file = 0, need_ent = 0, set_seen = 0, has_uid = 0;
+	j->has_flags = 0;
+	for (size_t i = 0; i < j->n_atts; i++) {
+		const struct imap_fetch_att *a = &j->atts[i];
+		if (a->kind == IMAP_F_SECTION || a->kind == IMAP_F_ENVELOPE || a->kind == IMAP_F_BODYSTRUCTURE ||
+		    a->kind == IMAP_F_BODY || (a->kind == IMAP_F_SIZE && m->size < 0))
+			need_file = 1;
+		if (imapd_att_needs_ent(a))
+			need_ent = 1;
+		if (a->kind == IMAP_F_SECTION && !a->peek)
 			set_seen = 1;
-		if (atts[i].kind == IMAP_F_UID)
+		if (a->kind == IMAP_F_UID)
 			has_uid = 1;
-		if (atts[i].kind == IMAP_F_FLAGS)
-			has_flags = 1;
+		if (a->kind == IMAP_F_FLAGS)
+			j->has_flags = 1;
 	}
-	if (need_data && imapd_load(s, m, &md, 1) < 0) {
-		/* the file vanished under us: report what we know */
-		evbuffer_add_printf(o, "* %zu FETCH (UID %u FLAGS ", idx + 1, m->uid);
-		imapd_write_flags(o, m->flags);
-		evbuffer_add(o, ")\r\n", 3);
-		return;
+	j->idx = idx;
+	if (need_file) {
+		const char *err = NULL;
+		int64_t size = m->size;
+		j->fd = imap_mbox_open(&s->mb, m, &j->sb, &err);
+		if (j->fd >= 0 && size < 0 && imap_mbox_crlf_size(j->fd, (uint64_t)j->sb.st_size, &size) < 0)
+			size = -1;
+		if (j->fd >= 0 && size >= 0) {
+			m->size = size;
+			j->conv = (uint64_t)size != (uint64_t)j->sb.st_size;
+		}
+		if (j->fd < 0 || size < 0 || (need_ent && imapd_fetch_ent(j, m) == NULL)) {
+			/* the file vanished under us: report what we know */
+			imapd_fetch_msg_end(j);
+			evbuffer_add_printf(o, "* %zu FETCH (UID %u FLAGS ", idx + 1, m->uid);
+			imapd_write_flags(o, m->flags);
+			evbuffer_add(o, ")\r\n", 3);
+			return;
+		}
 	}
 	if (set_seen && !s->readonly && !(m->flags & IMAP_FL_SEEN)) {
-		if (imap_mbox_set_flags(&s->mb, m, (m->flags | IMAP_FL_SEEN) & IMAP_FL_STORED) == 0 && !has_flags)
-			has_flags = 2;  /* add FLAGS to the response */
+		if (imap_mbox_set_flags(&s->mb, m, (m->flags | IMAP_FL_SEEN) & IMAP_FL_STORED) == 0 && !j->has_flags)
+			j->has_flags = 2;  /* add FLAGS to the response */
 	}
 	evbuffer_add_printf(o, "* %zu FETCH (", idx + 1);
-	int first = 1;
-#define SEP() do { if (!first) evbuffer_add(o, " ", 1); first = 0; } while (0)
-	if (uid && !has_uid) {
-		SEP();
+	j->first = 1;
+	if (j->uid && !has_uid) {
 		evbuffer_add_printf(o, "UID %u", m->uid);
+		j->first = 0;
 	}
-	for (size_t i = 0; i < n_atts; i++) {
-		struct imap_fetch_att *a = &atts[i];
-		SEP();
+	j->in_msg = 1;
+	j->att = 0;
+}
+
+/* Writes the message's attributes from j->att on; returns early when one
+ * starts a streamed literal, else ends the message. */
+static void imapd_fetch_items(struct imapd_sess *s, struct imapd_fetch *j)
+{
+	struct imap_msg *m = &s->mb.msgs[j->idx];
+	struct evbuffer *o = imapd_out(s);
+	while (j->att < j->n_atts) {
+		const struct imap_fetch_att *a = &j->atts[j->att++];
+		if (!j->first)
+			evbuffer_add(o, " ", 1);
+		j->first = 0;
+		struct imap_cache_ent *e = NULL;
+		if (imapd_att_needs_ent(a)) {
+			e = imapd_fetch_ent(j, m);
+			if (e == NULL) {
+				imapd_fetch_fail(s, "message file changed");
+				return;
+			}
+		}
 		switch (a->kind) {
 		case IMAP_F_FLAGS:
 			evbuffer_add(o, "FLAGS ", 6);
@@ -1227,48 +1362,114 @@ static void imapd_fetch_one(struct imapd_sess *s, size_t idx, struct imap_fetch_
 			break;
 		case IMAP_F_ENVELOPE:
 			evbuffer_add(o, "ENVELOPE ", 9);
-			imap_write_envelope(o, md.data, md.mime);
+			evbuffer_add(o, e->envelope, e->envelope_len);
 			break;
 		case IMAP_F_BODYSTRUCTURE:
+			evbuffer_add(o, "BODYSTRUCTURE ", 14);
+			evbuffer_add(o, e->bodystructure, e->bodystructure_len);
+			break;
 		case IMAP_F_BODY:
-			evbuffer_add_printf(o, "%s ", a->kind == IMAP_F_BODY ? "BODY" : "BODYSTRUCTURE");
-			imap_write_bodystructure(o, md.data, md.mime, a->kind == IMAP_F_BODYSTRUCTURE);
+			evbuffer_add(o, "BODY ", 5);
+			evbuffer_add(o, e->body, e->body_len);
 			break;
 		case IMAP_F_SECTION: {
-			const char *d = NULL;
-			size_t dl = 0;
+			size_t off = 0, len = (size_t)m->size;
+			int r = e != NULL ? imap_section_range(e->mime, (size_t)m->size, a, &off, &len) : 0;
 			char *owned = NULL;
-			int r = imap_section_get(md.data, md.len, md.mime, a, &d, &dl, &owned);
-			evbuffer_add_printf(o, "%s ", a->name);
-			if (r != 0) {
-				d = "";
-				dl = 0;
+			if (r == 2) {
+				struct imap_mbox_buf b;
+				if (imap_mbox_read_range(j->fd, j->conv, off, len, &b) < 0) {
+					imapd_fetch_fail(s, "message file changed");
+					return;
+				}
+				owned = imap_section_fields(b.data, b.len, a, &len);
+				imap_mbox_buf_free(&b);
+				off = 0;
+			} else if (r != 0) {
+				len = 0;
 			}
 			if (a->partial) {
-				if (a->p_off >= dl) {
-					dl = 0;
+				if (a->p_off >= len) {
+					len = 0;
 				} else {
-					d += a->p_off;
-					dl -= a->p_off;
-					if (dl > a->p_len)
-						dl = a->p_len;
+					off += a->p_off;
+					len -= a->p_off;
+					if (len > a->p_len)
+						len = a->p_len;
 				}
 			}
-			evbuffer_add_printf(o, "{%zu}\r\n", dl);
-			evbuffer_add(o, d, dl);
-			xfree(&owned);
+			evbuffer_add_printf(o, "%s {%zu}\r\n", a->name, len);
+			if (owned != NULL) {
+				evbuffer_add(o, owned + off, len);
+				xfree(&owned);
+			} else if (len > 0) {
+				/* the bytes come from the file as the client reads */
+				imap_crlf_rd_init(&j->rd, j->fd, j->conv, off, len);
+				j->streaming = 1;
+				/* the entry stays pinned across the stream only if a later
+				 * item needs it (one parse per message per FETCH) */
+				int later = 0;
+				for (size_t k = j->att; k < j->n_atts; k++)
+					later |= imapd_att_needs_ent(&j->atts[k]);
+				if (!later)
+					imap_cache_release(&j->ent);
+				return;
+			}
 			break;
 		}
 		}
 	}
-	if (has_flags == 2) {
-		SEP();
+	if (j->has_flags == 2) {
+		if (!j->first)
+			evbuffer_add(o, " ", 1);
 		evbuffer_add(o, "FLAGS ", 6);
 		imapd_write_flags(o, m->flags);
 	}
-#undef SEP
 	evbuffer_add(o, ")\r\n", 3);
-	imapd_msgdata_free(&md);
+	imapd_fetch_msg_end(j);
+}
+
+/* Writes the FETCH on while less than IMAPD_OUT_HIGH waits. 1 when it is
+ * complete (the tagged reply is written and s->fetch freed). */
+static int imapd_fetch_pump(struct imapd_sess *s)
+{
+	struct imapd_fetch *j = s->fetch;
+	struct evbuffer *o = imapd_out(s);
+	while (!s->closing && evbuffer_get_length(o) < IMAPD_OUT_HIGH) {
+		if (j->streaming) {
+			struct evbuffer_iovec v;
+			if (evbuffer_reserve_space(o, IMAPD_STREAM_CHUNK, &v, 1) < 1) {
+				imapd_fetch_fail(s, "out of memory");
+				break;
+			}
+			size_t cap = v.iov_len < IMAPD_STREAM_CHUNK ? v.iov_len : IMAPD_STREAM_CHUNK;
+			ssize_t r = imap_crlf_rd_next(&j->rd, v.iov_base, cap);
+			if (r <= 0) {
+				imapd_fetch_fail(s, "message file changed");
+				break;
+			}
+			v.iov_len = (size_t)r;
+			evbuffer_commit_space(o, &v, 1);
+			if (j->rd.left == 0)
+				j->streaming = 0;
+			continue;
+		}
+		if (j->in_msg) {
+			imapd_fetch_items(s, j);
+			continue;
+		}
+		size_t i = j->next;
+		while (i < s->mb.n && !imapd_in_set(s, &j->set, i, j->uid))
+			i++;
+		if (i >= s->mb.n) {
+			imapd_printf(s, "%s OK %sFETCH completed", j->tag, j->uid ? "UID " : "");
+			imapd_fetch_free(&s->fetch);
+			return 1;
+		}
+		j->next = i + 1;
+		imapd_fetch_begin(s, j, i);
+	}
+	return 0;
 }
 
 static void imapd_cmd_fetch(struct imapd_sess *s, struct imap_cmd *c, int uid)
@@ -1300,14 +1501,20 @@ static void imapd_cmd_fetch(struct imapd_sess *s, struct imap_cmd *c, int uid)
 		imapd_bad(s, c->tag, err);
 		return;
 	}
-	for (size_t i = 0; i < s->mb.n; i++)
-		if (imapd_in_set(s, &set, i, uid))
-			imapd_fetch_one(s, i, atts, n_atts, uid);
-	for (size_t k = 0; k < n_atts; k++)
-		imap_fetch_att_free(&atts[k]);
-	xfree(&atts);
-	imap_seqset_free(&set);
-	imapd_printf(s, "%s OK %sFETCH completed", c->tag, uid ? "UID " : "");
+	struct imapd_fetch *j = xcalloc(1, sizeof(*j));
+	util_fmt(j->tag, sizeof(j->tag), "%s", c->tag);
+	j->uid = uid;
+	j->set = set;
+	j->atts = atts;
+	j->n_atts = n_atts;
+	j->fd = -1;
+	s->fetch = j;
+	if (imapd_fetch_pump(s) || s->closing)
+		return;
+	/* more to write: no command is read until the FETCH is done; the write
+	 * callback runs again when the output is down to IMAPD_OUT_LOW */
+	bufferevent_disable(s->bev, EV_READ);
+	bufferevent_setwatermark(s->bev, EV_WRITE, IMAPD_OUT_LOW, 0);
 }
 
 static void imapd_cmd_store(struct imapd_sess *s, struct imap_cmd *c, int uid)
@@ -2034,7 +2241,8 @@ static void imapd_read_cb(struct bufferevent *bev, void *arg)
 {
 	struct imapd_sess *s = arg;
 	struct evbuffer *in = bufferevent_get_input(bev);
-	while (!s->closing && !s->starttls_pending && !s->login_pending && !s->brake_wait) {
+	while (!s->closing && !s->starttls_pending && !s->login_pending && !s->brake_wait &&
+	    s->fetch == NULL) {   /* a FETCH still being written holds the next command */
 		/* Flow control: a client that sends commands and reads no replies
 		 * gets no more work done until it has read them. */
 		if (evbuffer_get_length(imapd_out(s)) > IMAPD_OUT_HIGH) {
@@ -2175,6 +2383,9 @@ static void imapd_start_tls(struct imapd_sess *s)
 		return;
 	}
 	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
+	/* the filter moves output into the socket bufferevent only up to this
+	 * mark, so flow control (and FETCH streaming) still sees the backlog */
+	bufferevent_setwatermark(s->bev, EV_WRITE, 0, IMAPD_OUT_HIGH);
 	s->bev = tb;
 	s->tls = 1;
 	s->starttls_pending = 0;
@@ -2188,8 +2399,17 @@ static void imapd_write_cb(struct bufferevent *bev, void *arg)
 {
 	struct imapd_sess *s = arg;
 	(void)bev;
+	if (s->closing)
+		return;  /* imapd_close_cb frees the session */
+	if (s->fetch != NULL) {
+		if (!imapd_fetch_pump(s))
+			return;
+		/* done: read the next command once the rest is written */
+		bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+		s->out_blocked = 1;
+	}
 	if (evbuffer_get_length(imapd_out(s)) > 0 || s->closing)
-		return;  /* closing: imapd_close_cb frees the session */
+		return;
 	if (s->starttls_pending) {
 		imapd_start_tls(s);
 		return;
@@ -2208,7 +2428,8 @@ static void imapd_event_cb(struct bufferevent *bev, short what, void *arg)
 	if (what & BEV_EVENT_TIMEOUT) {
 		log_event(LOG_LVL_INFO, "imap.timeout", "client", s->ip, "user", s->user[0] ? s->user : NULL, NULL);
 		if (!s->closing) {
-			imapd_printf(s, "* BYE Autologout; idle for too long");
+			if (s->fetch == NULL)   /* else it would land inside a literal */
+				imapd_printf(s, "* BYE Autologout; idle for too long");
 			s->closing = 1;
 			bufferevent_disable(s->bev, EV_READ);
 			bufferevent_set_timeouts(s->bev, NULL, NULL);
@@ -2359,7 +2580,8 @@ static void imapd_sigterm_cb(evutil_socket_t sig, short what, void *arg)
 		if (s->closing)
 			continue;
 		imapd_idle_stop(s);
-		imapd_printf(s, "* BYE Server shutting down");
+		if (s->fetch == NULL)   /* a FETCH being written may be inside a literal */
+			imapd_printf(s, "* BYE Server shutting down");
 		imapd_close(s);
 	}
 	if (d->n_sessions == 0) {
@@ -2420,6 +2642,7 @@ int imapd_main(struct kale_ctx *ctx)
 out:
 	while (d.sessions != NULL)
 		imapd_sess_free(d.sessions);
+	imap_cache_clear();
 	lookup_pool_free(&d.pool);
 	for (int i = 0; i < d.n_lis; i++)
 		if (d.lis[i] != NULL)
