@@ -1,44 +1,90 @@
-/* lookup: one verification question answered by a worker: loads the
- * profile from the policy store, consults the shared cache, asks the backend
- * (localdb, mysql, pgsql, ldap), follows fallbacks; also the synchronous
- * form for kalectl and the profile checks. Runs in smtpd's lookup threads
- * and in kalectl. */
+/* lookup: the backend registry and one verification question answered by
+ * a worker: loads the profile from the policy store, consults the shared
+ * cache, asks the profile's backend through the registry (struct
+ * lookup_backend, lookup_int.h), follows fallbacks; also the synchronous
+ * form for kalectl and the profile checks. Runs in the lookup threads of
+ * smtpd and qmgr and in kalectl. */
 #include "lookup/lookup_int.h"
 
-#include <ctype.h>
 #include <pthread.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 #include <time.h>
 
-#include <mysql.h>
-#include <ldap.h>
-
 #include "conf/conf.h"
 #include "lib/log.h"
 #include "lib/util.h"
 
+/* ---- the registry ---- */
+
+/* Every backend, one per lookup_TYPE.c. */
+static const struct lookup_backend *const lookup_backends[] = {
+	&lookup_backend_localdb,
+	&lookup_backend_mysql,
+	&lookup_backend_pgsql,
+	&lookup_backend_ldap,
+	&lookup_backend_smtp,
+};
+
+#define LOOKUP_EXTRA_MAX 4
+static const struct lookup_backend *lookup_extra[LOOKUP_EXTRA_MAX];
+
+int lookup_backend_register(const struct lookup_backend *b)
+{
+	for (int i = 0; i < LOOKUP_EXTRA_MAX; i++)
+		if (lookup_extra[i] == NULL || lookup_extra[i] == b) {
+			lookup_extra[i] = b;
+			return 0;
+		}
+	return -1;
+}
+
+const struct lookup_backend *lookup_backend_find(const char *type)
+{
+	for (int i = 0; i < LOOKUP_EXTRA_MAX && lookup_extra[i] != NULL; i++)
+		if (strcmp(lookup_extra[i]->name, type) == 0)
+			return lookup_extra[i];
+	for (size_t i = 0; i < sizeof(lookup_backends) / sizeof(lookup_backends[0]); i++)
+		if (strcmp(lookup_backends[i]->name, type) == 0)
+			return lookup_backends[i];
+	return NULL;
+}
+
 static pthread_once_t lookup_once = PTHREAD_ONCE_INIT;
 
+/* Client libraries that are not safe to initialise from several threads
+ * at once are initialised here, once, before any lookup thread asks. */
 static void lookup_global_init(void)
 {
-	int v = 0;
-
-	/* neither is safe to initialise from several threads at once */
-	(void)mysql_library_init(0, NULL, NULL);
-	(void)ldap_get_option(NULL, LDAP_OPT_PROTOCOL_VERSION, &v);
+	for (size_t i = 0; i < sizeof(lookup_backends) / sizeof(lookup_backends[0]); i++)
+		if (lookup_backends[i]->init != NULL)
+			lookup_backends[i]->init();
 }
 
 void lookup_thread_init(void)
 {
 	(void)pthread_once(&lookup_once, lookup_global_init);
-	(void)mysql_thread_init();
+	for (size_t i = 0; i < sizeof(lookup_backends) / sizeof(lookup_backends[0]); i++)
+		if (lookup_backends[i]->thread_init != NULL)
+			lookup_backends[i]->thread_init();
 }
 
 void lookup_thread_end(void)
 {
-	mysql_thread_end();
+	for (size_t i = 0; i < sizeof(lookup_backends) / sizeof(lookup_backends[0]); i++)
+		if (lookup_backends[i]->thread_end != NULL)
+			lookup_backends[i]->thread_end();
+}
+
+const char *lookup_result_word(enum lookup_result r)
+{
+	switch (r) {
+	case LOOKUP_FOUND: return "found";
+	case LOOKUP_MISSING: return "missing";
+	case LOOKUP_CONFIG: return "config";
+	default: return "error";
+	}
 }
 
 /* ---- profile checks (kalectl verify add) ---- */
@@ -50,7 +96,8 @@ static int lookup_err(char **error_r, const char *msg)
 	return -1;
 }
 
-static int lookup_has_ph(const char *s)
+/* 1 if s holds %m, %u or %d. */
+static int lookup_has_placeholder(const char *s)
 {
 	for (; *s; s++) {
 		if (s[0] == '%' && s[1] == '%')
@@ -61,7 +108,7 @@ static int lookup_has_ph(const char *s)
 	return 0;
 }
 
-static int lookup_filter_check(const char *f, char **error_r)
+int lookup_ldap_filter_check(const char *f, char **error_r)
 {
 	int depth = 0;
 	size_t n = strlen(f);
@@ -80,52 +127,29 @@ static int lookup_filter_check(const char *f, char **error_r)
 	}
 	if (depth != 0)
 		return lookup_err(error_r, "unbalanced parentheses in the filter");
-	if (!lookup_has_ph(f))
+	if (!lookup_has_placeholder(f))
 		return lookup_err(error_r, "the filter has no %m, %u or %d");
 	return 0;
 }
 
 int lookup_profile_check(const struct store_verify *v, char **error_r)
 {
-	struct lookup_sql q;
+	const struct lookup_backend *b = lookup_backend_find(v->type);
+	char *err = NULL;
+	int rc;
 
-	if (strcmp(v->type, "localdb") == 0)
+	if (b == NULL)
+		return lookup_err(error_r, "unknown type");
+	if (b->check == NULL)
 		return 0;
-	if (strcmp(v->type, "mysql") == 0 || strcmp(v->type, "pgsql") == 0) {
-		int pg = v->type[0] == 'p';
-		if (!pg && lookup_mysql_url_ok(v->url) < 0)
-			return lookup_err(error_r, "mysql needs --url mysql://USER:PASSWORD@HOST[:PORT]/DATABASE");
-		if (pg && strncmp(v->url, "postgresql://", 13) != 0 && strncmp(v->url, "postgres://", 11) != 0)
-			return lookup_err(error_r, "pgsql needs --url postgresql://USER:PASSWORD@HOST[:PORT]/DATABASE");
-		if (v->query[0] == '\0')
-			return lookup_err(error_r, "--query is needed");
-		if (lookup_sql_compile(v->query, pg, &q, error_r) < 0)
-			return -1;
-		lookup_sql_free(&q);
-		return 0;
-	}
-	if (strcmp(v->type, "ldap") == 0) {
-		if (strncmp(v->url, "ldap://", 7) != 0 && strncmp(v->url, "ldaps://", 8) != 0 &&
-		    strncmp(v->url, "ldapi://", 8) != 0)
-			return lookup_err(error_r, "ldap needs --url ldap://HOST[:PORT] or ldaps://HOST[:PORT]");
-		if (!ldap_is_ldap_url(v->url) && strncmp(v->url, "ldapi://", 8) != 0)
-			return lookup_err(error_r, "bad ldap url");
-		if (v->starttls && strncmp(v->url, "ldap://", 7) != 0)
-			return lookup_err(error_r, "--starttls goes with ldap:// only");
-		if (v->base[0] == '\0')
-			return lookup_err(error_r, "ldap needs --base DN");
-		if (v->filter[0] == '\0')
-			return lookup_err(error_r, "ldap needs --filter, e.g. (mail=%m)");
-		if (lookup_filter_check(v->filter, error_r) < 0)
-			return -1;
-		for (const char *p = v->route_attr; *p; p++)
-			if (!isalnum((unsigned char)*p) && *p != '-' && *p != ';' && *p != '.')
-				return lookup_err(error_r, "bad --route-attribute");
-		return 0;
-	}
-	if (strcmp(v->type, "smtp") == 0)
-		return 0;
-	return lookup_err(error_r, "unknown type");
+	rc = b->check(v, &err);
+	if (rc < 0 && err == NULL)
+		err = xstrdup("bad profile settings");
+	if (error_r != NULL)
+		*error_r = err;
+	else
+		free(err);
+	return rc < 0 ? -1 : 0;
 }
 
 /* ---- the worker ---- */
@@ -138,12 +162,8 @@ void lookup_worker_init(struct lookup_worker *w, const struct kale_config *cfg)
 
 static void lookup_conn_free(struct lookup_conn *c)
 {
-	if (strcmp(c->prof.type, "mysql") == 0)
-		lookup_mysql_close(c);
-	else if (strcmp(c->prof.type, "pgsql") == 0)
-		lookup_pgsql_close(c);
-	else if (strcmp(c->prof.type, "ldap") == 0)
-		lookup_ldap_close(c);
+	if (c->be != NULL && c->be->close != NULL && c->handle != NULL)
+		c->be->close(c);
 	lookup_sql_free(&c->sql);
 	explicit_bzero(c, sizeof(*c));      /* the profile holds the bind password */
 	free(c);
@@ -166,14 +186,15 @@ void lookup_reply_free(struct lookup_reply *r)
 }
 
 /* The worker's connection for profile v; a new one if the settings changed. */
-static struct lookup_conn *lookup_conn_get(struct lookup_worker *w, const struct store_verify *v)
+static struct lookup_conn *lookup_conn_get(struct lookup_worker *w, const struct store_verify *v,
+    const struct lookup_backend *be)
 {
 	struct lookup_conn **pp, *c;
 
 	for (pp = &w->conns; (c = *pp) != NULL; pp = &c->next) {
 		if (strcasecmp(c->prof.name, v->name) != 0)
 			continue;
-		if (memcmp(&c->prof, v, sizeof(*v)) == 0)
+		if (memcmp(&c->prof, v, sizeof(*v)) == 0 && c->be == be)
 			return c;
 		*pp = c->next;
 		lookup_conn_free(c);
@@ -181,6 +202,7 @@ static struct lookup_conn *lookup_conn_get(struct lookup_worker *w, const struct
 	}
 	c = xcalloc(1, sizeof(*c));
 	c->prof = *v;
+	c->be = be;
 	c->next = w->conns;
 	w->conns = c;
 	return c;
@@ -227,31 +249,61 @@ static void lookup_hold_set(const char *name, uint64_t until)
 	pthread_mutex_unlock(&lookup_hold_mu);
 }
 
-static enum lookup_result lookup_backend(struct lookup_worker *w, const struct store_verify *v,
+/* Asks the backend on connection c: connects first if needed, and once
+ * more on a fresh connection if a pooled one failed. */
+static enum lookup_result lookup_conn_ask(struct lookup_conn *c, const char *address,
+    char **route_r, char **detail_r)
+{
+	const struct lookup_backend *be = c->be;
+	int pooled = c->handle != NULL;
+	enum lookup_result res = LOOKUP_ERROR;
+
+	for (int attempt = 0; attempt < 2; attempt++) {
+		int conn_failed = 0;
+
+		xfree(detail_r);
+		xfree(route_r);
+		if (be->open != NULL && c->handle == NULL) {
+			res = be->open(c, detail_r);
+			if (res != LOOKUP_FOUND) {
+				if (be->close != NULL && c->handle != NULL)
+					be->close(c);
+				return res == LOOKUP_CONFIG ? LOOKUP_CONFIG : LOOKUP_ERROR;
+			}
+		}
+		res = be->ask(c, address, route_r, detail_r, &conn_failed);
+		if (res == LOOKUP_FOUND || res == LOOKUP_MISSING)
+			return res;
+		xfree(route_r);
+		/* a failed lookup leaves the connection in an unknown state */
+		if (be->close != NULL && c->handle != NULL)
+			be->close(c);
+		if (res != LOOKUP_CONFIG)
+			res = LOOKUP_ERROR;
+		if (!conn_failed || !pooled || be->open == NULL)
+			return res;
+		pooled = 0;      /* the pooled connection had gone away: once on a new one */
+	}
+	return res;
+}
+
+enum lookup_result lookup_worker_backend(struct lookup_worker *w, const struct store_verify *v,
     const char *address, char **route_r, char **detail_r)
 {
+	const struct lookup_backend *be = lookup_backend_find(v->type);
 	struct lookup_conn *c;
-	char **targets = NULL, *err = NULL;
 	enum lookup_result res;
 	uint64_t start;
-	int n;
 
-	if (strcmp(v->type, "localdb") == 0) {
-		n = store_rcpt_resolve(w->st, address, &targets, &err);
-		if (n < 0) {
-			*detail_r = err ? err : xstrdup("localdb: policy store error");
-			return LOOKUP_ERROR;
-		}
-		if (n > 0)
-			store_targets_free(targets, n);
-		return n > 0 ? LOOKUP_FOUND : LOOKUP_MISSING;
-	}
-	if (strcmp(v->type, "mysql") != 0 && strcmp(v->type, "pgsql") != 0 &&
-	    strcmp(v->type, "ldap") != 0 && strcmp(v->type, "smtp") != 0) {
+	*route_r = NULL;
+	*detail_r = NULL;
+	if (be == NULL) {
 		*detail_r = xstrdup("this backend type is not available");
-		return LOOKUP_ERROR;
+		return LOOKUP_CONFIG;
 	}
-	c = lookup_conn_get(w, v);
+	c = lookup_conn_get(w, v, be);
+	c->cfg = w->cfg;
+	c->st = w->st;
 	start = util_now_ms();
 	if (lookup_hold_get(v->name, start)) {
 		/* a backend that just timed out is not waited for again at once:
@@ -259,14 +311,7 @@ static enum lookup_result lookup_backend(struct lookup_worker *w, const struct s
 		*detail_r = xstrdup("the backend timed out moments ago; not asked again yet");
 		return LOOKUP_ERROR;
 	}
-	if (strcmp(v->type, "smtp") == 0)
-		res = lookup_smtp_ask(w->cfg, w->st, v, address, detail_r);
-	else if (strcmp(v->type, "mysql") == 0)
-		res = lookup_mysql_ask(c, address, detail_r);
-	else if (strcmp(v->type, "pgsql") == 0)
-		res = lookup_pgsql_ask(c, address, detail_r);
-	else
-		res = lookup_ldap_ask(c, address, route_r, detail_r);
+	res = lookup_conn_ask(c, address, route_r, detail_r);
 	if (res == LOOKUP_ERROR && util_now_ms() - start >= (uint64_t)LOOKUP_TIMEOUT(c) * 900)
 		lookup_hold_set(v->name, util_now_ms() + (uint64_t)LOOKUP_TIMEOUT(c) * 1000);
 	return res;
@@ -294,8 +339,11 @@ static enum lookup_result lookup_profile(struct lookup_worker *w, const struct s
 			log_event(LOG_LVL_WARN, "verify.cache_error", "profile", v->name, NULL);
 	}
 	r->cached = 0;
-	res = lookup_backend(w, v, address, &r->route, &r->detail);
-	if (cache && res != LOOKUP_ERROR &&
+	res = lookup_worker_backend(w, v, address, &r->route, &r->detail);
+	if (res == LOOKUP_CONFIG)
+		log_event(LOG_LVL_ERROR, "verify.config_error", "profile", v->name, "type", v->type,
+		    "error", r->detail ? r->detail : "configuration error", NULL);
+	if (cache && (res == LOOKUP_FOUND || res == LOOKUP_MISSING) &&
 	    store_verify_cache_put(w->st, v->name, address, res == LOOKUP_FOUND ? 0 : 1, r->route,
 	    now + (res == LOOKUP_FOUND ? v->ttl_found : v->ttl_missing)) < 0)
 		log_event(LOG_LVL_WARN, "verify.cache_error", "profile", v->name, NULL);
@@ -314,6 +362,7 @@ void lookup_worker_ask(struct lookup_worker *w, const char *profile, const char 
 	r->result = LOOKUP_ERROR;
 	if (util_fmt(r->profile, sizeof(r->profile), "%s", profile) < 0 ||
 	    util_fmt(name, sizeof(name), "%s", profile) < 0) {
+		r->result = LOOKUP_CONFIG;
 		r->detail = xstrdup("profile name too long");
 		goto out;
 	}
@@ -331,11 +380,14 @@ void lookup_worker_ask(struct lookup_worker *w, const char *profile, const char 
 		rc = store_verify_get(w->st, name, &v);
 		if (rc <= 0) {
 			lookup_reply_free(r);
-			r->result = LOOKUP_ERROR;
+			r->result = rc < 0 ? LOOKUP_ERROR : LOOKUP_CONFIG;
 			r->detail = xstrdup(rc < 0 ? "cannot read the policy store" :
 			    "no such verification profile");
 			if (util_fmt(r->profile, sizeof(r->profile), "%s", name) < 0)
 				r->profile[0] = '\0';
+			if (rc == 0)
+				log_event(LOG_LVL_ERROR, "verify.config_error", "profile", name,
+				    "error", r->detail, NULL);
 			goto out;
 		}
 		lookup_reply_free(r);
@@ -346,8 +398,9 @@ void lookup_worker_ask(struct lookup_worker *w, const char *profile, const char 
 		memcpy(name, v.fallback, sizeof(name));
 	}
 	lookup_reply_free(r);
-	r->result = LOOKUP_ERROR;
+	r->result = LOOKUP_CONFIG;
 	r->detail = xstrdup("fallback chain too long");
+	log_event(LOG_LVL_ERROR, "verify.config_error", "profile", profile, "error", r->detail, NULL);
 out:
 	explicit_bzero(&v, sizeof(v));
 	r->elapsed_us = (int64_t)(util_now_us() - start);

@@ -1,7 +1,9 @@
 /* lookup: recipient verification profiles (localdb, mysql, pgsql, ldap,
- * smtp probe) behind one interface, a shared cache, and a small thread pool
- * so that a slow directory never stalls an smtpd event loop. Used by smtpd
- * (asynchronously) and by kalectl verify test (synchronously). */
+ * smtp probe) behind one backend interface (lookup_int.h), a shared cache,
+ * and a small thread pool so that a slow directory never stalls an event
+ * loop. Used by smtpd
+ * and qmgr's ldap:PROFILE routes (asynchronously) and by kalectl verify
+ * test (both ways). */
 #ifndef KALE_LOOKUP_H
 #define KALE_LOOKUP_H
 
@@ -13,8 +15,15 @@ struct event_base;
 enum lookup_result {
 	LOOKUP_FOUND = 0,
 	LOOKUP_MISSING = 1,
-	LOOKUP_ERROR = 2        /* temporary: backend down, timeout, bad credentials */
+	LOOKUP_ERROR = 2,       /* temporary: backend down, timeout, server busy */
+	LOOKUP_CONFIG = 3       /* the profile is wrong: bad credentials, query or base
+	                         * DN the server refuses, no such profile; logged at
+	                         * error level. Callers answer it as they do ERROR
+	                         * (451 4.4.3): neither is ever "missing". */
 };
+
+/* "found", "missing", "error" or "config". */
+const char *lookup_result_word(enum lookup_result r);
 
 struct lookup_answer {
 	enum lookup_result result;

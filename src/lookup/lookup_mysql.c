@@ -1,7 +1,7 @@
 /* lookup_mysql: the mysql verification backend (libmariadb): a pooled
  * connection per worker thread, the template run as a prepared statement
- * with %m %u %d bound as parameters. Runs in smtpd's lookup threads and in
- * kalectl verify test. */
+ * with %m %u %d bound as parameters. Runs in the lookup threads of smtpd
+ * and qmgr and in kalectl verify test. */
 #include "lookup/lookup_int.h"
 
 #include <ctype.h>
@@ -90,7 +90,8 @@ static int lookup_mysql_parse(const char *url, struct lookup_mysql_url *u)
 	return 0;
 }
 
-int lookup_mysql_url_ok(const char *url)
+/* 0 if url is mysql://USER[:PASSWORD]@HOST[:PORT]/DATABASE, else -1. */
+static int lookup_mysql_url_ok(const char *url)
 {
 	struct lookup_mysql_url u;
 	int rc = lookup_mysql_parse(url, &u);
@@ -99,7 +100,7 @@ int lookup_mysql_url_ok(const char *url)
 	return rc;
 }
 
-void lookup_mysql_close(struct lookup_conn *c)
+static void lookup_mysql_close(struct lookup_conn *c)
 {
 	if (c->handle != NULL)
 		mysql_close(c->handle);
@@ -116,16 +117,39 @@ static char *lookup_mysql_err(const char *what, MYSQL *m, MYSQL_STMT *s)
 	return xstrdup(buf);
 }
 
-static int lookup_mysql_connect(struct lookup_conn *c, char **detail_r)
+/* Server error numbers that say the profile is wrong, not the server down:
+ * ER_DBACCESS_DENIED_ERROR 1044, ER_ACCESS_DENIED_ERROR 1045, ER_BAD_DB_ERROR
+ * 1049, ER_BAD_FIELD_ERROR 1054, ER_PARSE_ERROR 1064, ER_TABLEACCESS_DENIED
+ * 1142, ER_COLUMNACCESS_DENIED 1143, ER_NO_SUCH_TABLE 1146,
+ * ER_ACCESS_DENIED_NO_PASSWORD_ERROR 1698, ER_SP_DOES_NOT_EXIST 1305.
+ * Client errors (2000-2999: refused, lost, timed out) and the rest (lock
+ * waits, too many connections) are temporary. */
+static enum lookup_result lookup_mysql_kind(unsigned err)
+{
+	static const unsigned config[] = { 1044, 1045, 1049, 1054, 1064, 1142, 1143, 1146, 1305,
+	    1698 };
+
+	for (size_t i = 0; i < sizeof(config) / sizeof(config[0]); i++)
+		if (err == config[i])
+			return LOOKUP_CONFIG;
+	return LOOKUP_ERROR;
+}
+
+static enum lookup_result lookup_mysql_connect(struct lookup_conn *c, char **detail_r)
 {
 	struct lookup_mysql_url u;
 	unsigned int timeout = (unsigned int)LOOKUP_TIMEOUT(c);
+	enum lookup_result res = LOOKUP_ERROR;
 	MYSQL *m;
-	int rc = -1;
 
+	if (!c->sql_ready) {
+		if (lookup_sql_compile(c->prof.query, 0, &c->sql, detail_r) < 0)
+			return LOOKUP_CONFIG;
+		c->sql_ready = 1;
+	}
 	if (lookup_mysql_parse(c->prof.url, &u) < 0) {
 		*detail_r = xstrdup("mysql: bad url (mysql://USER:PASSWORD@HOST[:PORT]/DATABASE)");
-		return -1;
+		return LOOKUP_CONFIG;
 	}
 	if ((m = mysql_init(NULL)) == NULL) {
 		*detail_r = xstrdup("mysql: out of memory");
@@ -137,38 +161,38 @@ static int lookup_mysql_connect(struct lookup_conn *c, char **detail_r)
 	mysql_options(m, MYSQL_SET_CHARSET_NAME, "utf8mb4");
 	if (mysql_real_connect(m, u.host, u.user, u.pass, u.db, u.port, NULL, 0) == NULL) {
 		*detail_r = lookup_mysql_err("connect", m, NULL);
+		res = lookup_mysql_kind(mysql_errno(m));
 		mysql_close(m);
 		goto out;
 	}
 	c->handle = m;
-	rc = 0;
+	res = LOOKUP_FOUND;
 out:
 	explicit_bzero(&u, sizeof(u));
-	return rc;
+	return res;
 }
 
-/* 0 found, 1 missing, -1 error (detail set); *conn_err_r 1 when the
- * connection itself failed (retry on a fresh one). */
-static int lookup_mysql_run(struct lookup_conn *c, const char *address, int *conn_err_r,
-    char **detail_r)
+static enum lookup_result lookup_mysql_ask(struct lookup_conn *c, const char *address,
+    char **route_r, char **detail_r, int *conn_failed_r)
 {
 	MYSQL_BIND bind[LOOKUP_SQL_PARAMS];
 	char *vals[LOOKUP_SQL_PARAMS] = { 0 };
 	unsigned long lens[LOOKUP_SQL_PARAMS];
+	enum lookup_result res = LOOKUP_ERROR;
 	MYSQL_STMT *s;
-	int rc = -1;
 	unsigned err;
 
-	*conn_err_r = 0;
+	(void)route_r;
 	if ((s = mysql_stmt_init(c->handle)) == NULL) {
 		*detail_r = lookup_mysql_err("statement", c->handle, NULL);
-		*conn_err_r = 1;
-		return -1;
+		*conn_failed_r = 1;
+		return LOOKUP_ERROR;
 	}
 	if (mysql_stmt_prepare(s, c->sql.sql, strlen(c->sql.sql)) != 0)
 		goto fail;
 	if (mysql_stmt_param_count(s) != (unsigned long)c->sql.nparams) {
 		*detail_r = xstrdup("mysql: the query's parameters do not match its placeholders");
+		res = LOOKUP_CONFIG;
 		goto out;
 	}
 	memset(bind, 0, sizeof(bind));
@@ -183,43 +207,62 @@ static int lookup_mysql_run(struct lookup_conn *c, const char *address, int *con
 	if (mysql_stmt_bind_param(s, bind) != 0 || mysql_stmt_execute(s) != 0 ||
 	    mysql_stmt_store_result(s) != 0)
 		goto fail;
-	rc = mysql_stmt_num_rows(s) > 0 ? 0 : 1;
+	res = mysql_stmt_num_rows(s) > 0 ? LOOKUP_FOUND : LOOKUP_MISSING;
 	goto out;
 fail:
 	err = mysql_stmt_errno(s);
 	*detail_r = lookup_mysql_err("query", NULL, s);
 	/* CR_SERVER_GONE_ERROR 2006, CR_SERVER_LOST 2013, CR_CONNECTION_ERROR 2002 ... */
 	if (err >= 2000 && err < 3000)
-		*conn_err_r = 1;
+		*conn_failed_r = 1;
+	res = lookup_mysql_kind(err);
 out:
 	mysql_stmt_close(s);
 	for (int i = 0; i < c->sql.nparams; i++)
 		free(vals[i]);
-	return rc;
+	return res;
 }
 
-enum lookup_result lookup_mysql_ask(struct lookup_conn *c, const char *address, char **detail_r)
+static int lookup_mysql_check(const struct store_verify *v, char **error_r)
 {
-	int pooled = c->handle != NULL, conn_err = 0, rc;
+	struct lookup_sql q;
 
-	*detail_r = NULL;
-	if (!c->sql_ready) {
-		if (lookup_sql_compile(c->prof.query, 0, &c->sql, detail_r) < 0)
-			return LOOKUP_ERROR;
-		c->sql_ready = 1;
+	if (lookup_mysql_url_ok(v->url) < 0) {
+		*error_r = xstrdup("mysql needs --url mysql://USER:PASSWORD@HOST[:PORT]/DATABASE");
+		return -1;
 	}
-	for (int attempt = 0; attempt < 2; attempt++) {
-		if (c->handle == NULL && lookup_mysql_connect(c, detail_r) < 0)
-			return LOOKUP_ERROR;
-		rc = lookup_mysql_run(c, address, &conn_err, detail_r);
-		if (rc >= 0)
-			return rc == 0 ? LOOKUP_FOUND : LOOKUP_MISSING;
-		lookup_mysql_close(c);
-		if (!conn_err || !pooled)
-			return LOOKUP_ERROR;
-		/* the pooled connection had gone away: try once on a new one */
-		xfree(detail_r);
-		pooled = 0;
+	if (v->query[0] == '\0') {
+		*error_r = xstrdup("--query is needed");
+		return -1;
 	}
-	return LOOKUP_ERROR;
+	if (lookup_sql_compile(v->query, 0, &q, error_r) < 0)
+		return -1;
+	lookup_sql_free(&q);
+	return 0;
 }
+
+static void lookup_mysql_init(void)
+{
+	(void)mysql_library_init(0, NULL, NULL);
+}
+
+static void lookup_mysql_thread_init(void)
+{
+	(void)mysql_thread_init();
+}
+
+static void lookup_mysql_thread_end(void)
+{
+	mysql_thread_end();
+}
+
+const struct lookup_backend lookup_backend_mysql = {
+	.name = "mysql",
+	.check = lookup_mysql_check,
+	.open = lookup_mysql_connect,
+	.ask = lookup_mysql_ask,
+	.close = lookup_mysql_close,
+	.init = lookup_mysql_init,
+	.thread_init = lookup_mysql_thread_init,
+	.thread_end = lookup_mysql_thread_end,
+};

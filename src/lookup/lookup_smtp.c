@@ -1,7 +1,8 @@
 /* lookup_smtp: the smtp verification backend: asks the domain's next hop
  * (its relay route HOST[:PORT] or [IPv6][:PORT]) with RCPT TO in a short
  * probe session (EHLO, MAIL FROM:<>, RCPT TO, QUIT; never DATA). Blocking
- * sockets with deadlines; runs in smtpd's lookup threads and in kalectl. */
+ * sockets with deadlines; runs in the lookup threads of smtpd and qmgr and
+ * in kalectl. */
 #include "lookup/lookup_int.h"
 
 #include <ctype.h>
@@ -206,9 +207,12 @@ static int lookup_smtp_unknown(int code, const char *last)
 	return 1;
 }
 
-enum lookup_result lookup_smtp_ask(const struct kale_config *cfg, store *st,
-    const struct store_verify *v, const char *address, char **detail_r)
+static enum lookup_result lookup_smtp_ask(struct lookup_conn *c, const char *address,
+    char **route_r, char **detail_r, int *conn_failed_r)
 {
+	const struct kale_config *cfg = c->cfg;
+	const struct store_verify *v = &c->prof;
+	store *st = c->st;
 	struct lookup_smtp s;
 	struct store_domain d;
 	char host[300], port[16], cmd[LOOKUP_ADDR_MAX + 64], last[LOOKUP_SMTP_LINE];
@@ -216,7 +220,8 @@ enum lookup_result lookup_smtp_ask(const struct kale_config *cfg, store *st,
 	enum lookup_result res = LOOKUP_ERROR;
 	int code, rc;
 
-	*detail_r = NULL;
+	(void)route_r;
+	(void)conn_failed_r;     /* one session per lookup: nothing pooled */
 	memset(&s, 0, sizeof(s));
 	s.fd = -1;
 	s.timeout_s = v->timeout > 0 ? v->timeout : LOOKUP_TIMEOUT_S;
@@ -233,13 +238,13 @@ enum lookup_result lookup_smtp_ask(const struct kale_config *cfg, store *st,
 	if (rc <= 0) {
 		*detail_r = lookup_smtp_err("smtp probe: %s%s", rc < 0 ? "cannot read the policy store" :
 		    "no route for the domain ", rc < 0 ? NULL : at + 1);
-		return LOOKUP_ERROR;
+		return rc < 0 ? LOOKUP_ERROR : LOOKUP_CONFIG;
 	}
 	if (d.local || lookup_smtp_route(d.relay, cfg && cfg->remote_port > 0 ? cfg->remote_port : 25,
 	    host, sizeof(host), port, sizeof(port)) < 0) {
 		*detail_r = lookup_smtp_err("smtp probe: domain %s needs a --relay HOST[:PORT] route%s",
 		    d.name, NULL);
-		return LOOKUP_ERROR;
+		return LOOKUP_CONFIG;
 	}
 	if (lookup_smtp_connect(&s, host, port, detail_r) < 0)
 		return LOOKUP_ERROR;
@@ -288,3 +293,8 @@ out:
 		close(s.fd);
 	return res;
 }
+
+const struct lookup_backend lookup_backend_smtp = {
+	.name = "smtp",
+	.ask = lookup_smtp_ask,
+};

@@ -39,6 +39,7 @@
 #define QMGR_BATCH 256
 #define QMGR_BUCKETS 4096
 #define QMGR_RESCAN_SECS 60
+#define QMGR_LOOKUP_THREADS 2      /* ldap:PROFILE route lookups off the loop */
 
 struct qmgr_run;
 
@@ -68,6 +69,7 @@ struct qmgr {
 	int64_t last_scan;
 	int stopping;
 	int need_sync;
+	struct lookup_pool *pool;  /* made at the first ldap:PROFILE route */
 };
 
 /* One recipient delivery waiting for the batch's Maildir commit. */
@@ -84,6 +86,13 @@ struct qmgr_failed {
 	char *diag;
 	char *remote;
 	const char *action;        /* "bounced" or "expired" (log action) */
+};
+
+/* One ldap:PROFILE route lookup of a recipient, answered by the pool. */
+struct qmgr_lookup {
+	struct qmgr_run *run;
+	int idx;
+	int tls_require;
 };
 
 /* Recipients of one message that share a next hop. */
@@ -112,6 +121,8 @@ struct qmgr_run {
 	int n_groups;
 	struct relay_job *jobs;
 	int n_jobs, jobs_left;
+	struct qmgr_lookup *lookups;   /* route lookups of the pass (one per recipient at most) */
+	int n_lookups, lookups_left;   /* lookups_left > 0: waiting for the directory */
 };
 
 static unsigned qmgr_hash(const char *qid)
@@ -341,8 +352,100 @@ static void qmgr_group_add(struct qmgr_run *run, const char *route, int tls_requ
 	g->idx[g->n++] = idx;
 }
 
+/* The directory's answer for one ldap:PROFILE recipient (docs/relay.md):
+ * not there, bounce 5.1.1; no answer, defer 4.4.3; no usable route in the
+ * entry, defer 4.4.4; else the recipient joins the group of its next hop. */
+static void qmgr_route_answer(struct qmgr *q, struct qmgr_run *run, int idx, int tls_require,
+    const struct lookup_answer *a)
+{
+	const char *addr = run->env.rcpt[idx].addr;
+	char route[320], *rerr = NULL;
+
+	if (a->result == LOOKUP_MISSING) {
+		qmgr_fail(q, run, idx, "bounced", 550, "5.1.1", "not in the routing directory", NULL);
+	} else if (a->result != LOOKUP_FOUND) {
+		/* temporary or a profile's fault (logged by the lookup): never a bounce */
+		qmgr_defer(run, "routing directory unavailable");
+		qmgr_log(q, &run->env, addr, "deferred", "451 4.4.3", a->detail, NULL);
+	} else if (a->route == NULL || a->route[0] == '\0' ||
+	    strcmp(a->route, "mx") == 0 || strncmp(a->route, "ldap:", 5) == 0 ||
+	    store_relay_check(a->route, &rerr) < 0 ||
+	    util_fmt(route, sizeof(route), "%s", a->route) < 0) {
+		qmgr_defer(run, "no usable route in the directory entry");
+		qmgr_log(q, &run->env, addr, "deferred", "451 4.4.4", run->defer_reason, a->route);
+	} else {
+		qmgr_group_add(run, route, tls_require, idx);
+	}
+	free(rerr);
+}
+
+static void qmgr_run_submit(struct qmgr *q, struct qmgr_run *run);
+static void qmgr_run_end(struct qmgr *q, struct qmgr_run *run);
+
+/* Every route lookup of the pass has been answered: the message's relay
+ * groups go out now (unless the admin deleted, held or bounced it while
+ * the directory was being asked), else its pass ends. */
+static void qmgr_run_routed(struct qmgr *q, struct qmgr_run *run)
+{
+	struct qmgr_msg *m = run->m;
+
+	if (run->n_groups > 0 && !m->deleted && !m->held && !m->bounce_req) {
+		if (run->n_newly > 0) {
+			queue_done_append(q->done_fd, m->qid, run->newly, run->n_newly);
+			run->n_newly = 0;
+			q->need_sync = 1;
+		}
+		qmgr_run_submit(q, run);
+	} else {
+		qmgr_run_end(q, run);
+	}
+	event_active(q->sync_ev, 0, 0);
+}
+
+/* On the loop: the pool's answer to one route lookup. */
+static void qmgr_route_cb(void *ctx, const struct lookup_answer *a)
+{
+	struct qmgr_lookup *l = ctx;
+	struct qmgr_run *run = l->run;
+
+	qmgr_route_answer(run->q, run, l->idx, l->tls_require, a);
+	if (--run->lookups_left == 0)
+		qmgr_run_routed(run->q, run);
+}
+
+/* Asks PROFILE for the route of recipient idx through the lookup pool (made
+ * at the first need). Without a pool the recipient is deferred at once. */
+static void qmgr_route_ask(struct qmgr *q, struct qmgr_run *run, int idx, const char *profile,
+    int tls_require)
+{
+	struct qmgr_lookup *l;
+	char *err = NULL;
+
+	if (q->pool == NULL && q->base != NULL &&
+	    (q->pool = lookup_pool_new(q->base, q->cfg, QMGR_LOOKUP_THREADS, &err)) == NULL) {
+		log_event(LOG_LVL_ERROR, "qmgr.error", "op", "lookup pool", "error", err, NULL);
+		free(err);
+	}
+	if (q->pool == NULL) {
+		qmgr_defer(run, "routing directory unavailable");
+		qmgr_log(q, &run->env, run->env.rcpt[idx].addr, "deferred", "451 4.4.3",
+		    "no lookup threads", NULL);
+		return;
+	}
+	if (run->lookups == NULL)
+		run->lookups = xcalloc((size_t)run->env.n_rcpt + 1, sizeof(*run->lookups));
+	l = &run->lookups[run->n_lookups++];
+	l->run = run;
+	l->idx = idx;
+	l->tls_require = tls_require;
+	run->lookups_left++;
+	/* answered on the loop, never from inside lookup_verify() */
+	(void)lookup_verify(q->pool, profile, run->env.rcpt[idx].addr, qmgr_route_cb, l);
+}
+
 /* Decides what to do with one recipient; local Maildir deliveries are
- * written (not yet synced) and added to pend, relay recipients grouped. */
+ * written (not yet synced) and added to pend, relay recipients grouped;
+ * ldap:PROFILE recipients wait for the directory (qmgr_route_ask). */
 static void qmgr_rcpt(struct qmgr *q, struct qmgr_run *run, int idx,
     struct qmgr_pending *pend, int *n_pend)
 {
@@ -367,28 +470,9 @@ static void qmgr_rcpt(struct qmgr *q, struct qmgr_run *run, int idx,
 		char route[320];
 		if (found && strncmp(dom.relay, "ldap:", 5) == 0) {
 			/* The next hop of this recipient is an attribute of its
-			 * directory entry (the profile's --route-attribute). */
-			struct lookup_answer a;
-			char *detail = NULL, *rerr = NULL;
-
-			lookup_verify_sync(q->cfg, dom.relay + 5, r->addr, &a, &detail);
-			if (a.result == LOOKUP_MISSING) {
-				qmgr_fail(q, run, idx, "bounced", 550, "5.1.1", "not in the routing directory", NULL);
-			} else if (a.result != LOOKUP_FOUND) {
-				qmgr_defer(run, "routing directory unavailable");
-				qmgr_log(q, &run->env, r->addr, "deferred", "451 4.4.3", a.detail, NULL);
-			} else if (a.route == NULL || a.route[0] == '\0' ||
-			    strcmp(a.route, "mx") == 0 || strncmp(a.route, "ldap:", 5) == 0 ||
-			    store_relay_check(a.route, &rerr) < 0) {
-				qmgr_defer(run, "no usable route in the directory entry");
-				qmgr_log(q, &run->env, r->addr, "deferred", "451 4.4.4", run->defer_reason,
-				    a.route);
-			} else {
-				util_fmt(route, sizeof(route), "%s", a.route);
-				qmgr_group_add(run, route, strcmp(dom.tls, "require") == 0, idx);
-			}
-			free(rerr);
-			free(detail);
+			 * directory entry (the profile's --route-attribute), asked
+			 * off the loop: the decision waits for the answer. */
+			qmgr_route_ask(q, run, idx, dom.relay + 5, strcmp(dom.tls, "require") == 0);
 			return;
 		}
 		if (!found || strcmp(dom.relay, "mx") == 0) {
@@ -473,6 +557,7 @@ static void qmgr_run_free(struct qmgr_run *run)
 		free(run->failed[i].remote);
 	}
 	free(run->failed);
+	free(run->lookups);
 	if (run->fd >= 0)
 		close(run->fd);
 	queue_env_free(&run->env);
@@ -866,6 +951,17 @@ static void qmgr_work_cb(evutil_socket_t fd, short what, void *arg)
 	 * one sync makes all of it durable. */
 	for (int i = 0; i < n_runs; i++) {
 		struct qmgr_run *run = runs[i];
+		if (run->lookups_left > 0) {
+			/* in flight until the directory has answered for every
+			 * ldap:PROFILE recipient (qmgr_run_routed) */
+			if (run->n_newly > 0) {
+				queue_done_append(q->done_fd, run->m->qid, run->newly, run->n_newly);
+				run->n_newly = 0;
+				q->need_sync = 1;
+			}
+			run->m->run = run;
+			continue;
+		}
 		if (run->n_groups == 0) {
 			qmgr_run_end(q, run);
 			continue;
@@ -1327,6 +1423,7 @@ int qmgr_main(struct kale_ctx *ctx)
 	event_base_dispatch(q.base);
 	signal(SIGTERM, SIG_IGN);    /* a second TERM must not cut the clean-up short */
 	relay_free(&q.relay);       /* drops jobs in flight: they are retried after restart */
+	lookup_pool_free(&q.pool);  /* route lookups in flight are dropped (not answered) too */
 	qmgr_sync(&q);
 	store_log_flush(q.st);
 	for (int b = 0; b < QMGR_BUCKETS; b++)

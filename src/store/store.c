@@ -1,16 +1,7 @@
-/* store: opens the SQLite policy store, runs the versioned migrations, holds
- * the shared validation helpers and the domain table. Runs in every process
- * that opens the store (kaled's children, kalectl).
- *
- * Schema (version 1; docs/architecture-store.md):
- *   schema_version(version)                         one row, the applied version
- *   domains(name PK NOCASE, local, relay, tls, verify)
- *   users(address PK NOCASE, domain -> domains, password_hash NULL = no login, created)
- *   aliases(address PK NOCASE, domain -> domains, targets "a@x,b@y")
- *   networks(cidr PK, family 4|6, prefix, addr BLOB 4|16 bytes, host bits zero)
- *   maillog(id, ts, qid, client, helo, sender, rcpt, action, code, reason,
- *           profile, relay, size, delay_ms), indexed on ts rcpt sender client action
- * Migration N is a list of statements applied in one transaction at open. */
+/* store: the shared validation helpers and the domain table of the policy
+ * store (the engine, connection and migrations are in store_sqlite.c, the
+ * SQL texts in store_sql.c). Runs in every process that opens the store
+ * (kaled's children, kalectl). */
 #include "store/store_int.h"
 
 #include <ctype.h>
@@ -22,173 +13,6 @@
 
 #include "conf/conf.h"
 #include "lib/util.h"
-
-static const char *const store_mig1[] = {
-	"CREATE TABLE domains ("
-	" name TEXT PRIMARY KEY COLLATE NOCASE,"
-	" local INTEGER NOT NULL,"
-	" relay TEXT NOT NULL DEFAULT '',"
-	" tls TEXT NOT NULL DEFAULT 'opportunistic',"
-	" verify TEXT NOT NULL DEFAULT '')",
-	"CREATE TABLE users ("
-	" address TEXT PRIMARY KEY COLLATE NOCASE,"
-	" domain TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),"
-	" password_hash TEXT,"
-	" created INTEGER NOT NULL)",
-	"CREATE INDEX users_domain ON users(domain)",
-	"CREATE TABLE aliases ("
-	" address TEXT PRIMARY KEY COLLATE NOCASE,"
-	" domain TEXT NOT NULL COLLATE NOCASE REFERENCES domains(name),"
-	" targets TEXT NOT NULL)",
-	"CREATE INDEX aliases_domain ON aliases(domain)",
-	"CREATE TABLE networks ("
-	" cidr TEXT PRIMARY KEY,"
-	" family INTEGER NOT NULL,"
-	" prefix INTEGER NOT NULL,"
-	" addr BLOB NOT NULL)",
-	"CREATE TABLE maillog ("
-	" id INTEGER PRIMARY KEY,"
-	" ts INTEGER NOT NULL,"
-	" qid TEXT, client TEXT, helo TEXT, sender TEXT, rcpt TEXT,"
-	" action TEXT, code TEXT, reason TEXT, profile TEXT, relay TEXT,"
-	" size INTEGER, delay_ms INTEGER)",
-	"CREATE INDEX maillog_ts ON maillog(ts)",
-	"CREATE INDEX maillog_rcpt ON maillog(rcpt)",
-	"CREATE INDEX maillog_sender ON maillog(sender)",
-	"CREATE INDEX maillog_client ON maillog(client)",
-	"CREATE INDEX maillog_action ON maillog(action)",
-	NULL
-};
-
-/* Version 2 (H11, recipient verification; store_verify.c):
- *   verify_profiles(name PK NOCASE, type, url, query, base, filter, bind_dn,
- *                   bind_password, route_attr, starttls, mode, ttl_found,
- *                   ttl_missing, fallback, timeout)
- *   verify_cache(profile, address, result 0 found|1 missing, route, expires)
- * Triggers empty the cache of localdb profiles whenever users, aliases or
- * domains change, whoever changes them. */
-#define STORE_VERIFY_FLUSH_LOCAL \
-	" BEGIN DELETE FROM verify_cache WHERE profile IN" \
-	" (SELECT name FROM verify_profiles WHERE type = 'localdb'); END"
-static const char *const store_mig2[] = {
-	"CREATE TABLE verify_profiles ("
-	" name TEXT PRIMARY KEY COLLATE NOCASE,"
-	" type TEXT NOT NULL,"
-	" url TEXT NOT NULL DEFAULT '',"
-	" query TEXT NOT NULL DEFAULT '',"
-	" base TEXT NOT NULL DEFAULT '',"
-	" filter TEXT NOT NULL DEFAULT '',"
-	" bind_dn TEXT NOT NULL DEFAULT '',"
-	" bind_password TEXT NOT NULL DEFAULT '',"
-	" route_attr TEXT NOT NULL DEFAULT 'mailHost',"
-	" starttls INTEGER NOT NULL DEFAULT 0,"
-	" mode TEXT NOT NULL DEFAULT 'realtime',"
-	" ttl_found INTEGER NOT NULL DEFAULT 3600,"
-	" ttl_missing INTEGER NOT NULL DEFAULT 600,"
-	" fallback TEXT NOT NULL DEFAULT '' COLLATE NOCASE,"
-	" timeout INTEGER NOT NULL DEFAULT 5)",
-	"CREATE TABLE verify_cache ("
-	" profile TEXT NOT NULL COLLATE NOCASE,"
-	" address TEXT NOT NULL,"
-	" result INTEGER NOT NULL,"
-	" route TEXT,"
-	" expires INTEGER NOT NULL,"
-	" PRIMARY KEY (profile, address))",
-	"CREATE INDEX verify_cache_expires ON verify_cache(expires)",
-	"CREATE TRIGGER verify_flush_ui AFTER INSERT ON users" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_uu AFTER UPDATE ON users" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_ud AFTER DELETE ON users" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_ai AFTER INSERT ON aliases" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_au AFTER UPDATE ON aliases" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_ad AFTER DELETE ON aliases" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_di AFTER INSERT ON domains" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_du AFTER UPDATE ON domains" STORE_VERIFY_FLUSH_LOCAL,
-	"CREATE TRIGGER verify_flush_dd AFTER DELETE ON domains" STORE_VERIFY_FLUSH_LOCAL,
-	NULL
-};
-
-/* Version 3 (H12, SMTP AUTH; store_auth.c):
- *   auth_settings(key PK, value)          unset keys take src/auth defaults
- *   auth_servers(id PK, position, proto pop3|imap, tls plain|ssl|starttls,
- *                host, port, enabled)     tried in position order */
-static const char *const store_mig3[] = {
-	"CREATE TABLE auth_settings ("
-	" key TEXT PRIMARY KEY,"
-	" value TEXT NOT NULL)",
-	"CREATE TABLE auth_servers ("
-	" id INTEGER PRIMARY KEY,"
-	" position INTEGER NOT NULL,"
-	" proto TEXT NOT NULL,"
-	" tls TEXT NOT NULL,"
-	" host TEXT NOT NULL,"
-	" port INTEGER NOT NULL,"
-	" enabled INTEGER NOT NULL DEFAULT 1)",
-	NULL
-};
-
-/* Version 4: a domain routed by ldap:PROFILE verifies with that profile
- * by default (store_domain_add); domains made before, which had no
- * verification, get it. */
-static const char *const store_mig4[] = {
-	"UPDATE domains SET verify = substr(relay, 6) WHERE local = 0 AND verify = ''"
-	" AND relay LIKE 'ldap:%' AND substr(relay, 6) IN (SELECT name FROM verify_profiles)",
-	NULL
-};
-
-/* migrations[i] brings the schema from version i to i + 1 */
-static const char *const *const store_migrations[] = { store_mig1, store_mig2, store_mig3,
-	store_mig4 };
-#define STORE_SCHEMA_VERSION ((int)(sizeof(store_migrations) / sizeof(store_migrations[0])))
-
-int store_err(char **error_r, const char *fmt, ...)
-{
-	va_list ap;
-	char buf[512];
-
-	va_start(ap, fmt);
-	if (vsnprintf(buf, sizeof(buf), fmt, ap) < 0)
-		buf[0] = '\0';
-	va_end(ap);
-	if (error_r != NULL)
-		*error_r = xstrdup(buf);
-	return -1;
-}
-
-int store_err_db(store *st, char **error_r, const char *what)
-{
-	return store_err(error_r, "%s: %s", what, sqlite3_errmsg(st->db));
-}
-
-sqlite3_stmt *store_prepare(store *st, const char *sql, char **error_r)
-{
-	sqlite3_stmt *s = NULL;
-
-	if (sqlite3_prepare_v2(st->db, sql, -1, &s, NULL) != SQLITE_OK) {
-		store_err_db(st, error_r, "store: prepare");
-		sqlite3_finalize(s);
-		return NULL;
-	}
-	return s;
-}
-
-int store_exec(store *st, const char *sql, char **error_r)
-{
-	char *msg = NULL;
-
-	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		store_err(error_r, "store: %s: %s", sql, msg ? msg : "failed");
-		sqlite3_free(msg);
-		return -1;
-	}
-	return 0;
-}
-
-int store_bind_text(sqlite3_stmt *s, int idx, const char *v)
-{
-	if (v == NULL)
-		return sqlite3_bind_null(s, idx);
-	return sqlite3_bind_text(s, idx, v, -1, SQLITE_TRANSIENT);
-}
 
 /* ---- validation ---- */
 
@@ -376,135 +200,30 @@ int store_relay_check(const char *relay, char **error_r)
 	return 0;
 }
 
-/* ---- open / close / migrations ---- */
-
-static int store_migrate(store *st, char **error_r)
-{
-	sqlite3_stmt *s = NULL;
-	int version = 0, rc = -1;
-
-	if (store_exec(st, "BEGIN IMMEDIATE", error_r) < 0)
-		return -1;
-	if (store_exec(st, "CREATE TABLE IF NOT EXISTS schema_version (version INTEGER NOT NULL)",
-	    error_r) < 0)
-		goto out;
-	if ((s = store_prepare(st, "SELECT max(version) FROM schema_version", error_r)) == NULL)
-		goto out;
-	if (sqlite3_step(s) == SQLITE_ROW)
-		version = sqlite3_column_int(s, 0);
-	sqlite3_finalize(s);
-	s = NULL;
-	if (version > STORE_SCHEMA_VERSION) {
-		store_err(error_r, "store: schema version %d is newer than this program (%d)",
-		    version, STORE_SCHEMA_VERSION);
-		goto out;
-	}
-	for (int v = version; v < STORE_SCHEMA_VERSION; v++) {
-		for (const char *const *sql = store_migrations[v]; *sql != NULL; sql++)
-			if (store_exec(st, *sql, error_r) < 0)
-				goto out;
-	}
-	if (version < STORE_SCHEMA_VERSION) {
-		if (store_exec(st, "DELETE FROM schema_version", error_r) < 0)
-			goto out;
-		if ((s = store_prepare(st, "INSERT INTO schema_version(version) VALUES (?)", error_r)) == NULL)
-			goto out;
-		sqlite3_bind_int(s, 1, STORE_SCHEMA_VERSION);
-		if (sqlite3_step(s) != SQLITE_DONE) {
-			store_err_db(st, error_r, "store: schema_version");
-			goto out;
-		}
-	}
-	rc = store_exec(st, "COMMIT", error_r);
-out:
-	sqlite3_finalize(s);
-	if (rc < 0)
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-	return rc;
-}
-
-int store_open(const struct kale_config *cfg, store **st_r, char **error_r)
-{
-	const char *url = cfg && cfg->db_url ? cfg->db_url : "sqlite:kale.db";
-	store *st;
-
-	*st_r = NULL;
-	if (strncmp(url, "sqlite:", 7) != 0 || url[7] == '\0')
-		return store_err(error_r, "store: unsupported database url '%.200s' (only sqlite:PATH)", url);
-	st = xcalloc(1, sizeof(*st));
-	if (sqlite3_open_v2(url + 7, &st->db, SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE |
-	    SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
-		store_err(error_r, "store: open %s: %s", url + 7,
-		    st->db ? sqlite3_errmsg(st->db) : "out of memory");
-		goto fail;
-	}
-	sqlite3_busy_timeout(st->db, 5000);
-	sqlite3_extended_result_codes(st->db, 1);
-	if (store_exec(st, "PRAGMA journal_mode=WAL", error_r) < 0 ||
-	    store_exec(st, "PRAGMA synchronous=NORMAL", error_r) < 0 ||
-	    store_exec(st, "PRAGMA foreign_keys=ON", error_r) < 0 ||
-	    store_migrate(st, error_r) < 0)
-		goto fail;
-	*st_r = st;
-	return 0;
-fail:
-	sqlite3_close(st->db);
-	free(st);
-	return -1;
-}
-
-void store_close(store **stp)
-{
-	store *st = stp ? *stp : NULL;
-
-	if (st == NULL)
-		return;
-	store_log_flush(st);
-	store_log_free(st);
-	store_net_free(st);
-	sqlite3_close(st->db);
-	free(st);
-	*stp = NULL;
-}
-
 /* ---- domains ---- */
 
-static void store_copy_col(char *dst, size_t cap, sqlite3_stmt *s, int col)
-{
-	const unsigned char *v = sqlite3_column_text(s, col);
-
-	if (util_fmt(dst, cap, "%s", v ? (const char *)v : "") < 0)
-		dst[0] = '\0';
-}
-
-static void store_domain_row(sqlite3_stmt *s, struct store_domain *d)
+static void store_domain_row(struct store_q *q, struct store_domain *d)
 {
 	memset(d, 0, sizeof(*d));
-	store_copy_col(d->name, sizeof(d->name), s, 0);
-	d->local = sqlite3_column_int(s, 1);
-	store_copy_col(d->relay, sizeof(d->relay), s, 2);
-	store_copy_col(d->tls, sizeof(d->tls), s, 3);
-	store_copy_col(d->verify, sizeof(d->verify), s, 4);
+	store_q_copy(q, 0, d->name, sizeof(d->name));
+	d->local = (int)store_q_int(q, 1);
+	store_q_copy(q, 2, d->relay, sizeof(d->relay));
+	store_q_copy(q, 3, d->tls, sizeof(d->tls));
+	store_q_copy(q, 4, d->verify, sizeof(d->verify));
 }
 
 int store_domain_get(store *st, const char *name, struct store_domain *d_r)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
-	s = store_prepare(st, "SELECT name, local, relay, tls, verify FROM domains WHERE name = ?", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_DOMAIN_GET, NULL, "t", name) < 0)
 		return -1;
-	store_bind_text(s, 1, name);
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW) {
-		store_domain_row(s, d_r);
-		rc = 1;
-	} else {
-		rc = rc == SQLITE_DONE ? 0 : -1;
-	}
-	sqlite3_finalize(s);
-	return rc;
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW)
+		store_domain_row(&q, d_r);
+	store_q_end(&q);
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
 }
 
 static int store_verify_check(store *st, const char *verify, char **error_r)
@@ -531,8 +250,6 @@ int store_domain_add(store *st, const struct store_domain *d, char **error_r)
 	char name[256];
 	const char *tls = d->tls[0] ? d->tls : "opportunistic";
 	const char *verify = d->verify;
-	sqlite3_stmt *s = NULL;
-	int rc = -1;
 
 	if (store_domain_name_norm(d->name, name, sizeof(name), error_r) < 0)
 		return -1;
@@ -553,133 +270,83 @@ int store_domain_add(store *st, const struct store_domain *d, char **error_r)
 		verify = d->relay + 5;
 	if (store_verify_check(st, verify, error_r) < 0)
 		return -1;
-	s = store_prepare(st, "INSERT INTO domains(name, local, relay, tls, verify) "
-	    "VALUES (?, ?, ?, ?, ?)", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, name);
-	sqlite3_bind_int(s, 2, d->local ? 1 : 0);
-	store_bind_text(s, 3, d->local ? "" : d->relay);
-	store_bind_text(s, 4, tls);
-	store_bind_text(s, 5, verify);
-	switch (sqlite3_step(s)) {
-	case SQLITE_DONE:
-		rc = 0;
-		break;
-	case SQLITE_CONSTRAINT_PRIMARYKEY:
-		store_err(error_r, "domain %s already exists", name);
-		break;
+	switch (store_run(st, ST_DOMAIN_ADD, "tittt", name, d->local ? 1 : 0,
+	    d->local ? "" : d->relay, tls, verify)) {
+	case STORE_DONE:
+		return 0;
+	case STORE_DUP:
+		return store_err(error_r, "domain %s already exists", name);
 	default:
-		store_err_db(st, error_r, "store: add domain");
+		return store_err_db(st, error_r, "store: add domain");
 	}
-	sqlite3_finalize(s);
-	return rc;
 }
 
 int store_domain_set_verify(store *st, const char *name, const char *verify, char **error_r)
 {
-	sqlite3_stmt *s;
-	int rc = -1;
-
 	if (verify == NULL || strcmp(verify, "none") == 0)
 		verify = "";
 	if (store_verify_check(st, verify, error_r) < 0)
 		return -1;
-	s = store_prepare(st, "UPDATE domains SET verify = ? WHERE name = ?", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, verify);
-	store_bind_text(s, 2, name);
-	if (sqlite3_step(s) != SQLITE_DONE)
-		store_err_db(st, error_r, "store: set verify");
-	else if (sqlite3_changes(st->db) == 0)
-		store_err(error_r, "domain %.253s does not exist", name);
-	else
-		rc = 0;
-	sqlite3_finalize(s);
-	return rc;
+	if (store_run(st, ST_DOMAIN_SET_VERIFY, "tt", verify, name) != STORE_DONE)
+		return store_err_db(st, error_r, "store: set verify");
+	if (store_changes(st) == 0)
+		return store_err(error_r, "domain %.253s does not exist", name);
+	return 0;
 }
 
-static int store_count(store *st, const char *sql, const char *arg, long *n_r)
+/* inside store_domain_del's transaction */
+static int store_domain_del_tx(store *st, void *ctx, char **error_r)
 {
-	sqlite3_stmt *s = store_prepare(st, sql, NULL);
-	int rc = -1;
+	const char *name = ctx;
+	int64_t n;
 
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, arg);
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		*n_r = (long)sqlite3_column_int64(s, 0);
-		rc = 0;
-	}
-	sqlite3_finalize(s);
-	return rc;
+	if (store_run_int(st, ST_DOMAIN_COUNT_USERS, &n, "t", name) < 0)
+		return store_err_db(st, error_r, "store: count users");
+	if (n > 0)
+		return store_err(error_r, "domain has %ld user%s; delete them first", (long)n,
+		    n == 1 ? "" : "s");
+	if (store_run_int(st, ST_DOMAIN_COUNT_ALIASES, &n, "t", name) < 0)
+		return store_err_db(st, error_r, "store: count aliases");
+	if (n > 0)
+		return store_err(error_r, "domain has %ld alias%s; delete them first", (long)n,
+		    n == 1 ? "" : "es");
+	if (store_run(st, ST_DOMAIN_DEL, "t", name) != STORE_DONE)
+		return store_err_db(st, error_r, "store: delete domain");
+	if (store_changes(st) == 0)
+		return store_err(error_r, "domain %.253s does not exist", name);
+	return 0;
 }
 
 int store_domain_del(store *st, const char *name, char **error_r)
 {
-	sqlite3_stmt *s = NULL;
-	long n;
-	int rc = -1;
-
-	if (store_exec(st, "BEGIN IMMEDIATE", error_r) < 0)
-		return -1;
-	if (store_count(st, "SELECT count(*) FROM users WHERE domain = ?", name, &n) < 0) {
-		store_err_db(st, error_r, "store: count users");
-		goto out;
-	}
-	if (n > 0) {
-		store_err(error_r, "domain has %ld user%s; delete them first", n, n == 1 ? "" : "s");
-		goto out;
-	}
-	if (store_count(st, "SELECT count(*) FROM aliases WHERE domain = ?", name, &n) < 0) {
-		store_err_db(st, error_r, "store: count aliases");
-		goto out;
-	}
-	if (n > 0) {
-		store_err(error_r, "domain has %ld alias%s; delete them first", n, n == 1 ? "" : "es");
-		goto out;
-	}
-	if ((s = store_prepare(st, "DELETE FROM domains WHERE name = ?", error_r)) == NULL)
-		goto out;
-	store_bind_text(s, 1, name);
-	if (sqlite3_step(s) != SQLITE_DONE) {
-		store_err_db(st, error_r, "store: delete domain");
-		goto out;
-	}
-	if (sqlite3_changes(st->db) == 0) {
-		store_err(error_r, "domain %.253s does not exist", name);
-		goto out;
-	}
-	rc = store_exec(st, "COMMIT", error_r);
-out:
-	sqlite3_finalize(s);
-	if (rc < 0)
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-	return rc;
+	return store_tx(st, store_domain_del_tx, (void *)name, error_r);
 }
 
 int store_domain_list(store *st, int (*cb)(void *ctx, const struct store_domain *d), void *ctx)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	struct store_domain d;
 	int rc;
 
-	s = store_prepare(st, "SELECT name, local, relay, tls, verify FROM domains ORDER BY name", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_DOMAIN_LIST, NULL, "") < 0)
 		return -1;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		store_domain_row(s, &d);
+	while ((rc = store_q_step(&q)) == STORE_ROW) {
+		store_domain_row(&q, &d);
 		if (cb(ctx, &d) != 0) {
-			rc = SQLITE_DONE;
+			rc = STORE_DONE;
 			break;
 		}
 	}
-	sqlite3_finalize(s);
-	return rc == SQLITE_DONE ? 0 : -1;
+	store_q_end(&q);
+	return rc == STORE_DONE ? 0 : -1;
 }
 
 int store_schema_version(void)
 {
-	return STORE_SCHEMA_VERSION;
+	return store_n_migrations;
+}
+
+int store_open(const struct kale_config *cfg, store **st_r, char **error_r)
+{
+	return store_open_flags(cfg, STORE_OPEN_MIGRATE, st_r, error_r);
 }

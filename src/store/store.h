@@ -12,8 +12,9 @@ struct kale_config;
 typedef struct store store;
 
 /* Opens the store named by cfg->db_url ("sqlite:PATH", PATH relative to
- * cfg->data_dir), creating it if needed, and runs pending migrations.
- * Returns 0, or -1 with a malloc'd *error_r. */
+ * cfg->data_dir), creating it if needed, and runs pending migrations. A
+ * store whose schema is current is only read (no write, no write lock); a
+ * newer schema is refused. Returns 0, or -1 with a malloc'd *error_r. */
 int store_open(const struct kale_config *cfg, store **st_r, char **error_r);
 /* The schema version this build migrates to (the number of migrations). */
 int store_schema_version(void);
@@ -75,9 +76,11 @@ int store_user_check_password(store *st, const char *address, const char *passwo
  * domains (they have a mailbox): pop3d and imapd. Users of relay domains
  * are LocalDB recipients and log in only for SMTP AUTH. */
 void store_set_mailbox_only(store *st);
-/* The same with a store handle of its own, opened and closed around the
- * check: for worker threads, which must not share a caller's handle. It is
- * mailbox-only (only pop3d and imapd use it). */
+/* The same with a store handle of the calling thread's own: for worker
+ * threads, which must not share a caller's handle. The handle is read-only
+ * (no write lock, no migration), opened on the thread's first check, kept
+ * and closed when the thread exits. It is mailbox-only (only pop3d and
+ * imapd use it). */
 int store_user_check_password_once(const struct kale_config *cfg, const char *address,
     const char *password);
 /* domain may be NULL for all users. */

@@ -78,8 +78,7 @@ int store_alias_add(store *st, const char *address, const char *targets, char **
 {
 	char addr[320], domain[256];
 	char *norm = NULL;
-	sqlite3_stmt *s = NULL;
-	int rc = -1;
+	int rc;
 
 	if (store_local_address(st, address, 0, addr, sizeof(addr), domain, sizeof(domain), error_r) < 0)
 		return -1;
@@ -91,75 +90,53 @@ int store_alias_add(store *st, const char *address, const char *targets, char **
 			store_err(error_r, "%s is a user; an alias cannot have the same address", addr);
 		else
 			store_err_db(st, error_r, "store: user lookup");
-		rc = -1;
-		goto out;
+		free(norm);
+		return -1;
 	}
-	rc = -1;
-	s = store_prepare(st, "INSERT INTO aliases(address, domain, targets) VALUES (?, ?, ?)", error_r);
-	if (s == NULL)
-		goto out;
-	store_bind_text(s, 1, addr);
-	store_bind_text(s, 2, domain);
-	store_bind_text(s, 3, norm);
-	switch (sqlite3_step(s)) {
-	case SQLITE_DONE:
+	switch (store_run(st, ST_ALIAS_ADD, "ttt", addr, domain, norm)) {
+	case STORE_DONE:
 		rc = 0;
 		break;
-	case SQLITE_CONSTRAINT_PRIMARYKEY:
-		store_err(error_r, "alias %s already exists", addr);
+	case STORE_DUP:
+		rc = store_err(error_r, "alias %s already exists", addr);
 		break;
 	default:
-		store_err_db(st, error_r, "store: add alias");
+		rc = store_err_db(st, error_r, "store: add alias");
 	}
-out:
-	sqlite3_finalize(s);
 	free(norm);
 	return rc;
 }
 
 int store_alias_del(store *st, const char *address, char **error_r)
 {
-	sqlite3_stmt *s;
-	int rc = -1;
-
-	s = store_prepare(st, "DELETE FROM aliases WHERE address = ?", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, address);
-	if (sqlite3_step(s) != SQLITE_DONE)
-		store_err_db(st, error_r, "store: delete alias");
-	else if (sqlite3_changes(st->db) == 0)
-		store_err(error_r, "no such alias %.320s", address);
-	else
-		rc = 0;
-	sqlite3_finalize(s);
-	return rc;
+	if (store_run(st, ST_ALIAS_DEL, "t", address) != STORE_DONE)
+		return store_err_db(st, error_r, "store: delete alias");
+	if (store_changes(st) == 0)
+		return store_err(error_r, "no such alias %.320s", address);
+	return 0;
 }
 
 int store_alias_list(store *st, int (*cb)(void *ctx, const char *address, const char *targets), void *ctx)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
-	s = store_prepare(st, "SELECT address, targets FROM aliases ORDER BY domain, address", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_ALIAS_LIST, NULL, "") < 0)
 		return -1;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if (cb(ctx, (const char *)sqlite3_column_text(s, 0),
-		    (const char *)sqlite3_column_text(s, 1)) != 0) {
-			rc = SQLITE_DONE;
+	while ((rc = store_q_step(&q)) == STORE_ROW) {
+		if (cb(ctx, store_q_text(&q, 0), store_q_text(&q, 1)) != 0) {
+			rc = STORE_DONE;
 			break;
 		}
 	}
-	sqlite3_finalize(s);
-	return rc == SQLITE_DONE ? 0 : -1;
+	store_q_end(&q);
+	return rc == STORE_DONE ? 0 : -1;
 }
 
 /* ---- recipient resolution ---- */
 
 struct store_resolve {
 	store *st;
-	sqlite3_stmt *user, *alias;
 	char **out;           /* final targets */
 	int n_out;
 	char **seen;          /* aliases already expanded */
@@ -178,28 +155,26 @@ static int store_list_has(char **list, int n, const char *s)
 /* 1 user, 0 not, -1 error */
 static int store_resolve_user(struct store_resolve *r, const char *addr)
 {
-	int rc;
+	int rc = store_run(r->st, ST_USER_EXISTS, "t", addr);
 
-	sqlite3_reset(r->user);
-	store_bind_text(r->user, 1, addr);
-	rc = sqlite3_step(r->user);
-	return rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
 }
 
 /* 1 alias (malloc'd *targets_r), 0 not, -1 error */
 static int store_resolve_alias(struct store_resolve *r, const char *addr, char **targets_r)
 {
+	struct store_q q;
 	int rc;
 
-	sqlite3_reset(r->alias);
-	store_bind_text(r->alias, 1, addr);
-	rc = sqlite3_step(r->alias);
-	if (rc == SQLITE_ROW) {
-		const unsigned char *t = sqlite3_column_text(r->alias, 0);
-		*targets_r = xstrdup(t ? (const char *)t : "");
-		return 1;
+	if (store_q_start(r->st, &q, ST_ALIAS_TARGETS, NULL, "t", addr) < 0)
+		return -1;
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW) {
+		const char *t = store_q_text(&q, 0);
+		*targets_r = xstrdup(t ? t : "");
 	}
-	return rc == SQLITE_DONE ? 0 : -1;
+	store_q_end(&q);
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
 }
 
 static int store_resolve_add(struct store_resolve *r, const char *addr)
@@ -275,16 +250,9 @@ int store_rcpt_resolve(store *st, const char *address, char ***targets_r, char *
 	if (address == NULL || util_fmt(addr, sizeof(addr), "%s", address) < 0)
 		return 0;
 	util_lower(addr);
-	r.user = store_prepare(st, "SELECT 1 FROM users WHERE address = ?", error_r);
-	r.alias = store_prepare(st, "SELECT targets FROM aliases WHERE address = ?", error_r);
-	if (r.user == NULL || r.alias == NULL)
-		goto out;
 	rc = store_resolve_one(&r, addr, 0, 1);
 	if (rc > 0 && r.n_out == 0)
 		rc = 0;                /* an alias loop with no final recipient */
-out:
-	sqlite3_finalize(r.user);
-	sqlite3_finalize(r.alias);
 	for (int i = 0; i < r.n_seen; i++)
 		free(r.seen[i]);
 	free(r.seen);

@@ -49,40 +49,25 @@ static void store_log_item_free(struct store_log_item *it)
 
 int store_log_flush(store *st)
 {
-	sqlite3_stmt *s = NULL;
-	int rc = -1;
-
 	if (st->n_log == 0)
 		return 0;
-	if (sqlite3_exec(st->db, "BEGIN IMMEDIATE", NULL, NULL, NULL) != SQLITE_OK)
+	if (store_tx_begin(st, NULL) < 0)
 		return -1;
-	s = store_prepare(st, "INSERT INTO maillog(ts, qid, client, helo, sender, rcpt, action, "
-	    "code, reason, profile, relay, size, delay_ms) "
-	    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", NULL);
-	if (s == NULL)
-		goto out;
 	for (int i = 0; i < st->n_log; i++) {
 		struct store_log_item *it = &st->log[i];
-		sqlite3_reset(s);
-		sqlite3_bind_int64(s, 1, it->ts);
-		for (int j = 0; j < 10; j++)
-			store_bind_text(s, j + 2, it->s[j]);
-		sqlite3_bind_int64(s, 12, it->size);
-		sqlite3_bind_int64(s, 13, it->delay_ms);
-		if (sqlite3_step(s) != SQLITE_DONE)
-			goto out;
+		if (store_run(st, ST_LOG_INSERT, "IttttttttttII", it->ts, it->s[0], it->s[1], it->s[2],
+		    it->s[3], it->s[4], it->s[5], it->s[6], it->s[7], it->s[8], it->s[9], it->size,
+		    it->delay_ms) != STORE_DONE) {
+			store_tx_rollback(st);
+			return -1;
+		}
 	}
-	if (sqlite3_exec(st->db, "COMMIT", NULL, NULL, NULL) != SQLITE_OK)
-		goto out;
+	if (store_tx_commit(st, NULL) < 0)
+		return -1;
 	for (int i = 0; i < st->n_log; i++)
 		store_log_item_free(&st->log[i]);
 	st->n_log = 0;
-	rc = 0;
-out:
-	sqlite3_finalize(s);
-	if (rc < 0)
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-	return rc;
+	return 0;
 }
 
 void store_log_free(store *st)
@@ -116,7 +101,7 @@ int store_log_search(store *st, const struct store_log_query *q,
 {
 	char sql[1024];
 	char *from = NULL, *to = NULL;
-	sqlite3_stmt *s = NULL;
+	struct store_q sq;
 	struct store_log_row row;
 	int limit = q->limit > 0 ? q->limit : 100, idx = 1, rc = -1;
 
@@ -134,39 +119,43 @@ int store_log_search(store *st, const struct store_log_query *q,
 	    q->action ? " AND action = ?" : "",
 	    q->since ? " AND ts >= ?" : "") < 0)
 		return -1;
-	if ((s = store_prepare(st, sql, NULL)) == NULL)
+	if (store_q_start_sql(st, &sq, sql, NULL, "") < 0)
 		return -1;
+	rc = 0;
 	if (q->from) {
 		from = store_like_pattern(q->from);
-		store_bind_text(s, idx++, from);
+		rc |= store_q_bind(&sq, idx++, "t", from);
 	}
 	if (q->to) {
 		to = store_like_pattern(q->to);
-		store_bind_text(s, idx++, to);
+		rc |= store_q_bind(&sq, idx++, "t", to);
 	}
 	if (q->ip)
-		store_bind_text(s, idx++, q->ip);
+		rc |= store_q_bind(&sq, idx++, "t", q->ip);
 	if (q->action)
-		store_bind_text(s, idx++, q->action);
+		rc |= store_q_bind(&sq, idx++, "t", q->action);
 	if (q->since)
-		sqlite3_bind_int64(s, idx++, q->since);
-	sqlite3_bind_int(s, idx, limit);
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
+		rc |= store_q_bind(&sq, idx++, "I", q->since);
+	rc |= store_q_bind(&sq, idx, "i", limit);
+	if (rc < 0)
+		goto out;
+	while ((rc = store_q_step(&sq)) == STORE_ROW) {
 		const char **f[10] = { &row.qid, &row.client, &row.helo, &row.sender, &row.rcpt,
 			&row.action, &row.code, &row.reason, &row.profile, &row.relay };
 		memset(&row, 0, sizeof(row));
-		row.ts = sqlite3_column_int64(s, 0);
+		row.ts = store_q_int(&sq, 0);
 		for (int j = 0; j < 10; j++)
-			*f[j] = (const char *)sqlite3_column_text(s, j + 1);
-		row.size = sqlite3_column_int64(s, 11);
-		row.delay_ms = sqlite3_column_int64(s, 12);
+			*f[j] = store_q_text(&sq, j + 1);
+		row.size = store_q_int(&sq, 11);
+		row.delay_ms = store_q_int(&sq, 12);
 		if (cb(ctx, &row) != 0) {
-			rc = SQLITE_DONE;
+			rc = STORE_DONE;
 			break;
 		}
 	}
-	rc = rc == SQLITE_DONE ? 0 : -1;
-	sqlite3_finalize(s);
+	rc = rc == STORE_DONE ? 0 : -1;
+out:
+	store_q_end(&sq);
 	free(from);
 	free(to);
 	return rc;

@@ -73,29 +73,21 @@ int store_network_add(store *st, const char *cidr, char **error_r)
 {
 	struct store_net n;
 	char norm[INET6_ADDRSTRLEN + 8];
-	sqlite3_stmt *s;
-	int rc = -1;
+	int rc;
 
 	if (cidr == NULL || store_cidr_parse(cidr, &n, norm, sizeof(norm), error_r) < 0)
 		return cidr == NULL ? store_err(error_r, "no network") : -1;
-	s = store_prepare(st, "INSERT INTO networks(cidr, family, prefix, addr) VALUES (?, ?, ?, ?)", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, norm);
-	sqlite3_bind_int(s, 2, n.family == AF_INET ? 4 : 6);
-	sqlite3_bind_int(s, 3, n.prefix);
-	sqlite3_bind_blob(s, 4, n.addr, n.family == AF_INET ? 4 : 16, SQLITE_TRANSIENT);
-	switch (sqlite3_step(s)) {
-	case SQLITE_DONE:
+	switch (store_run(st, ST_NET_ADD, "tiib", norm, n.family == AF_INET ? 4 : 6, n.prefix,
+	    (const void *)n.addr, n.family == AF_INET ? 4 : 16)) {
+	case STORE_DONE:
 		rc = 0;
 		break;
-	case SQLITE_CONSTRAINT_PRIMARYKEY:
-		store_err(error_r, "network %s already exists", norm);
+	case STORE_DUP:
+		rc = store_err(error_r, "network %s already exists", norm);
 		break;
 	default:
-		store_err_db(st, error_r, "store: add network");
+		rc = store_err_db(st, error_r, "store: add network");
 	}
-	sqlite3_finalize(s);
 	store_net_invalidate(st);
 	return rc;
 }
@@ -104,72 +96,49 @@ int store_network_del(store *st, const char *cidr, char **error_r)
 {
 	struct store_net n;
 	char norm[INET6_ADDRSTRLEN + 8];
-	sqlite3_stmt *s;
 	int rc = -1;
 
 	if (cidr == NULL || store_cidr_parse(cidr, &n, norm, sizeof(norm), error_r) < 0)
 		return cidr == NULL ? store_err(error_r, "no network") : -1;
-	s = store_prepare(st, "DELETE FROM networks WHERE cidr = ?", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, norm);
-	if (sqlite3_step(s) != SQLITE_DONE)
+	if (store_run(st, ST_NET_DEL, "t", norm) != STORE_DONE)
 		store_err_db(st, error_r, "store: delete network");
-	else if (sqlite3_changes(st->db) == 0)
+	else if (store_changes(st) == 0)
 		store_err(error_r, "no such network %s", norm);
 	else
 		rc = 0;
-	sqlite3_finalize(s);
 	store_net_invalidate(st);
 	return rc;
 }
 
 int store_network_list(store *st, int (*cb)(void *ctx, const char *cidr), void *ctx)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
-	s = store_prepare(st, "SELECT cidr FROM networks ORDER BY family, addr, prefix", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_NET_LIST, NULL, "") < 0)
 		return -1;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if (cb(ctx, (const char *)sqlite3_column_text(s, 0)) != 0) {
-			rc = SQLITE_DONE;
+	while ((rc = store_q_step(&q)) == STORE_ROW) {
+		if (cb(ctx, store_q_text(&q, 0)) != 0) {
+			rc = STORE_DONE;
 			break;
 		}
 	}
-	sqlite3_finalize(s);
-	return rc == SQLITE_DONE ? 0 : -1;
-}
-
-static int store_data_version(store *st, int64_t *v_r)
-{
-	sqlite3_stmt *s = store_prepare(st, "PRAGMA data_version", NULL);
-	int rc = -1;
-
-	if (s == NULL)
-		return -1;
-	if (sqlite3_step(s) == SQLITE_ROW) {
-		*v_r = sqlite3_column_int64(s, 0);
-		rc = 0;
-	}
-	sqlite3_finalize(s);
-	return rc;
+	store_q_end(&q);
+	return rc == STORE_DONE ? 0 : -1;
 }
 
 static int store_net_load(store *st)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	struct store_net *nets = NULL;
 	int n = 0, rc;
 
-	s = store_prepare(st, "SELECT family, prefix, addr FROM networks", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_NET_LOAD, NULL, "") < 0)
 		return -1;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		int fam = sqlite3_column_int(s, 0), prefix = sqlite3_column_int(s, 1);
-		int len = sqlite3_column_bytes(s, 2);
-		const void *blob = sqlite3_column_blob(s, 2);
+	while ((rc = store_q_step(&q)) == STORE_ROW) {
+		int fam = (int)store_q_int(&q, 0), prefix = (int)store_q_int(&q, 1);
+		int len = 0;
+		const void *blob = store_q_blob(&q, 2, &len);
 		struct store_net *e;
 		if (!((fam == 4 && len == 4 && prefix >= 0 && prefix <= 32) ||
 		    (fam == 6 && len == 16 && prefix >= 0 && prefix <= 128)) || blob == NULL)
@@ -181,8 +150,8 @@ static int store_net_load(store *st)
 		e->prefix = prefix;
 		memcpy(e->addr, blob, (size_t)len);
 	}
-	sqlite3_finalize(s);
-	if (rc != SQLITE_DONE) {
+	store_q_end(&q);
+	if (rc != STORE_DONE) {
 		free(nets);
 		return -1;
 	}

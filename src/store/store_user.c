@@ -12,6 +12,7 @@
 #include <time.h>
 #include <unistd.h>
 
+#include "conf/conf.h"
 #include "lib/util.h"
 
 #define STORE_IMPORT_CHUNK 512
@@ -62,39 +63,18 @@ static int store_ct_equal(const char *a, const char *b)
 static int store_user_insert(store *st, const char *addr, const char *domain,
     const char *hash, char **error_r)
 {
-	sqlite3_stmt *s;
-	int rc = -1;
-	long n = 0;
+	int64_t n = 0;
 
-	s = store_prepare(st, "SELECT count(*) FROM aliases WHERE address = ?", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, addr);
-	if (sqlite3_step(s) == SQLITE_ROW)
-		n = (long)sqlite3_column_int64(s, 0);
-	sqlite3_finalize(s);
-	if (n > 0)
+	if (store_run_int(st, ST_USER_IS_ALIAS, &n, "t", addr) == 0 && n > 0)
 		return store_err(error_r, "%s is an alias; delete the alias first", addr);
-	s = store_prepare(st, "INSERT INTO users(address, domain, password_hash, created) "
-	    "VALUES (?, ?, ?, ?)", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, addr);
-	store_bind_text(s, 2, domain);
-	store_bind_text(s, 3, hash);
-	sqlite3_bind_int64(s, 4, (sqlite3_int64)time(NULL));
-	switch (sqlite3_step(s)) {
-	case SQLITE_DONE:
-		rc = 0;
-		break;
-	case SQLITE_CONSTRAINT_PRIMARYKEY:
-		store_err(error_r, "user %s already exists", addr);
-		break;
+	switch (store_run(st, ST_USER_ADD, "tttI", addr, domain, hash, (int64_t)time(NULL))) {
+	case STORE_DONE:
+		return 0;
+	case STORE_DUP:
+		return store_err(error_r, "user %s already exists", addr);
 	default:
-		store_err_db(st, error_r, "store: add user");
+		return store_err_db(st, error_r, "store: add user");
 	}
-	sqlite3_finalize(s);
-	return rc;
 }
 
 int store_user_add(store *st, const char *address, const char *password, char **error_r)
@@ -114,7 +94,6 @@ int store_user_add(store *st, const char *address, const char *password, char **
 
 int store_user_passwd(store *st, const char *address, const char *password, char **error_r)
 {
-	sqlite3_stmt *s;
 	char *hash;
 	int rc = -1;
 
@@ -122,59 +101,35 @@ int store_user_passwd(store *st, const char *address, const char *password, char
 		return store_err(error_r, "empty password");
 	if ((hash = store_hash(password, error_r)) == NULL)
 		return -1;
-	s = store_prepare(st, "UPDATE users SET password_hash = ? WHERE address = ?", error_r);
-	if (s != NULL) {
-		store_bind_text(s, 1, hash);
-		store_bind_text(s, 2, address);
-		if (sqlite3_step(s) != SQLITE_DONE)
-			store_err_db(st, error_r, "store: passwd");
-		else if (sqlite3_changes(st->db) == 0)
-			store_err(error_r, "no such user %.320s", address);
-		else
-			rc = 0;
-	}
-	sqlite3_finalize(s);
+	if (store_run(st, ST_USER_PASSWD, "tt", hash, address) != STORE_DONE)
+		store_err_db(st, error_r, "store: passwd");
+	else if (store_changes(st) == 0)
+		store_err(error_r, "no such user %.320s", address);
+	else
+		rc = 0;
 	free(hash);
 	return rc;
 }
 
 int store_user_del(store *st, const char *address, char **error_r)
 {
-	sqlite3_stmt *s;
-	int rc = -1;
-
-	s = store_prepare(st, "DELETE FROM users WHERE address = ?", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, address);
-	if (sqlite3_step(s) != SQLITE_DONE)
-		store_err_db(st, error_r, "store: delete user");
-	else if (sqlite3_changes(st->db) == 0)
-		store_err(error_r, "no such user %.320s", address);
-	else
-		rc = 0;
-	sqlite3_finalize(s);
-	return rc;
+	if (store_run(st, ST_USER_DEL, "t", address) != STORE_DONE)
+		return store_err_db(st, error_r, "store: delete user");
+	if (store_changes(st) == 0)
+		return store_err(error_r, "no such user %.320s", address);
+	return 0;
 }
 
 int store_user_exists(store *st, const char *address)
 {
-	sqlite3_stmt *s;
-	int rc;
+	int rc = store_run(st, ST_USER_EXISTS, "t", address);
 
-	s = store_prepare(st, "SELECT 1 FROM users WHERE address = ?", NULL);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, address);
-	rc = sqlite3_step(s);
-	rc = rc == SQLITE_ROW ? 1 : rc == SQLITE_DONE ? 0 : -1;
-	sqlite3_finalize(s);
-	return rc;
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
 }
 
 int store_user_check_password(store *st, const char *address, const char *password)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	char *hash = NULL, *res;
 	void *data = NULL;
 	int size = 0, rc, found = 0;
@@ -183,23 +138,19 @@ int store_user_check_password(store *st, const char *address, const char *passwo
 		return 0;
 	/* POP3 and IMAP serve mailboxes: a user of a relay domain (a LocalDB
 	 * recipient) has none, and logs in only for SMTP AUTH. */
-	s = store_prepare(st, st->mailbox_only
-	    ? "SELECT u.password_hash FROM users u JOIN domains d ON d.name = u.domain"
-	      " WHERE u.address = ? AND d.local = 1"
-	    : "SELECT password_hash FROM users WHERE address = ?", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, st->mailbox_only ? ST_USER_HASH_MAILBOX : ST_USER_HASH, NULL,
+	    "t", address) < 0)
 		return -1;
-	store_bind_text(s, 1, address);
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW) {
-		const unsigned char *h = sqlite3_column_text(s, 0);
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW) {
+		const char *h = store_q_text(&q, 0);
 		if (h != NULL && *h != '\0') {
-			hash = xstrdup((const char *)h);
+			hash = xstrdup(h);
 			found = 1;
 		}
 	}
-	sqlite3_finalize(s);
-	if (rc != SQLITE_ROW && rc != SQLITE_DONE)
+	store_q_end(&q);
+	if (rc != STORE_ROW && rc != STORE_DONE)
 		return -1;
 	if (*password == '\0' || strlen(password) > STORE_PASSWORD_MAX) {
 		free(hash);
@@ -219,25 +170,20 @@ void store_set_mailbox_only(store *st)
 
 int store_user_list(store *st, const char *domain, int (*cb)(void *ctx, const char *address), void *ctx)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
-	if (domain != NULL)
-		s = store_prepare(st, "SELECT address FROM users WHERE domain = ? ORDER BY domain, address", NULL);
-	else
-		s = store_prepare(st, "SELECT address FROM users ORDER BY domain, address", NULL);
-	if (s == NULL)
+	if ((domain != NULL ? store_q_start(st, &q, ST_USER_LIST_DOMAIN, NULL, "t", domain) :
+	    store_q_start(st, &q, ST_USER_LIST, NULL, "")) < 0)
 		return -1;
-	if (domain != NULL)
-		store_bind_text(s, 1, domain);
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		if (cb(ctx, (const char *)sqlite3_column_text(s, 0)) != 0) {
-			rc = SQLITE_DONE;
+	while ((rc = store_q_step(&q)) == STORE_ROW) {
+		if (cb(ctx, store_q_text(&q, 0)) != 0) {
+			rc = STORE_DONE;
 			break;
 		}
 	}
-	sqlite3_finalize(s);
-	return rc == SQLITE_DONE ? 0 : -1;
+	store_q_end(&q);
+	return rc == STORE_DONE ? 0 : -1;
 }
 
 /* ---- bulk import ---- */
@@ -346,7 +292,7 @@ int store_user_import(store *st, FILE *csv,
 	*ok_r = *bad_r = 0;
 	if (ncpu < 1)
 		ncpu = 1;
-	if (store_exec(st, "BEGIN IMMEDIATE", error_r) < 0)
+	if (store_tx_begin(st, error_r) < 0)
 		goto out;
 	in_tx = 1;
 	while (!eof) {
@@ -405,15 +351,15 @@ int store_user_import(store *st, FILE *csv,
 		if (progress != NULL)
 			progress(ctx, lineno);
 	}
-	if (store_exec(st, "COMMIT", error_r) < 0)
-		goto out;
 	in_tx = 0;
+	if (store_tx_commit(st, error_r) < 0)
+		goto out;
 	*ok_r = ok;
 	*bad_r = bad;
 	rc = 0;
 out:
 	if (in_tx)
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
+		store_tx_rollback(st);
 	for (int i = 0; i < STORE_IMPORT_CHUNK; i++)
 		store_import_line_clear(&lines[i]);
 	free(lines);
@@ -422,19 +368,91 @@ out:
 	return rc;
 }
 
+/* ---- the password check of worker threads ---- */
+
+/* Each thread that checks passwords (pop3d's and imapd's lookup pool)
+ * keeps one read-only, mailbox-only handle, opened on its first check and
+ * closed when the thread exits. A read-only handle never takes the write
+ * lock and runs no migration; its statements stay prepared. */
+struct store_tl {
+	store *st;
+	char *url;           /* the db_url it was opened for */
+};
+
+static pthread_key_t store_tl_key;
+static pthread_once_t store_tl_once = PTHREAD_ONCE_INIT;
+static int store_tl_ok;
+
+static void store_tl_free(void *p)
+{
+	struct store_tl *t = p;
+
+	if (t == NULL)
+		return;
+	store_close(&t->st);
+	free(t->url);
+	free(t);
+}
+
+static void store_tl_init(void)
+{
+	store_tl_ok = pthread_key_create(&store_tl_key, store_tl_free) == 0;
+}
+
+void store_user_thread_close(void)
+{
+	pthread_once(&store_tl_once, store_tl_init);
+	if (!store_tl_ok)
+		return;
+	store_tl_free(pthread_getspecific(store_tl_key));
+	pthread_setspecific(store_tl_key, NULL);
+}
+
+/* The calling thread's handle for cfg, opened if needed; NULL on error. */
+static store *store_tl_get(const struct kale_config *cfg)
+{
+	const char *url = cfg && cfg->db_url ? cfg->db_url : "sqlite:kale.db";
+	struct store_tl *t;
+	char *err = NULL;
+
+	pthread_once(&store_tl_once, store_tl_init);
+	if (!store_tl_ok)
+		return NULL;
+	t = pthread_getspecific(store_tl_key);
+	if (t != NULL && strcmp(t->url, url) != 0) {
+		store_user_thread_close();
+		t = NULL;
+	}
+	if (t == NULL) {
+		t = xcalloc(1, sizeof(*t));
+		t->url = xstrdup(url);
+		if (pthread_setspecific(store_tl_key, t) != 0) {
+			store_tl_free(t);
+			return NULL;
+		}
+	}
+	if (t->st == NULL) {
+		if (store_open_flags(cfg, STORE_OPEN_READONLY, &t->st, &err) < 0) {
+			free(err);
+			return NULL;
+		}
+		store_set_mailbox_only(t->st);
+	}
+	return t->st;
+}
+
 int store_user_check_password_once(const struct kale_config *cfg, const char *address,
     const char *password)
 {
-	store *st = NULL;
-	char *err = NULL;
+	store *st = store_tl_get(cfg);
 	int rc;
 
-	if (store_open(cfg, &st, &err) < 0) {
-		free(err);
+	if (st == NULL)
 		return -1;
-	}
-	store_set_mailbox_only(st);
 	rc = store_user_check_password(st, address, password);
-	store_close(&st);
+	if (rc < 0) {
+		/* a broken handle (file replaced, I/O error): reopen next time */
+		store_user_thread_close();
+	}
 	return rc;
 }

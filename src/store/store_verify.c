@@ -10,9 +10,6 @@
 
 #include "lib/util.h"
 
-#define STORE_VERIFY_COLS "name, type, url, query, base, filter, bind_dn, bind_password, " \
-	"route_attr, starttls, mode, ttl_found, ttl_missing, fallback, timeout"
-
 #define STORE_VERIFY_TTL_MAX (30 * 86400)
 
 static int store_verify_name_ok(const char *s)
@@ -35,63 +32,48 @@ static int store_verify_text_ok(const char *s)
 	return 1;
 }
 
-static void store_verify_col(char *dst, size_t cap, sqlite3_stmt *s, int col)
-{
-	const unsigned char *v = sqlite3_column_text(s, col);
-
-	if (util_fmt(dst, cap, "%s", v ? (const char *)v : "") < 0)
-		dst[0] = '\0';
-}
-
-static void store_verify_row(sqlite3_stmt *s, struct store_verify *v)
+static void store_verify_row(struct store_q *q, struct store_verify *v)
 {
 	memset(v, 0, sizeof(*v));
-	store_verify_col(v->name, sizeof(v->name), s, 0);
-	store_verify_col(v->type, sizeof(v->type), s, 1);
-	store_verify_col(v->url, sizeof(v->url), s, 2);
-	store_verify_col(v->query, sizeof(v->query), s, 3);
-	store_verify_col(v->base, sizeof(v->base), s, 4);
-	store_verify_col(v->filter, sizeof(v->filter), s, 5);
-	store_verify_col(v->bind_dn, sizeof(v->bind_dn), s, 6);
-	store_verify_col(v->bind_password, sizeof(v->bind_password), s, 7);
-	store_verify_col(v->route_attr, sizeof(v->route_attr), s, 8);
-	v->starttls = sqlite3_column_int(s, 9);
-	store_verify_col(v->mode, sizeof(v->mode), s, 10);
-	v->ttl_found = sqlite3_column_int(s, 11);
-	v->ttl_missing = sqlite3_column_int(s, 12);
-	store_verify_col(v->fallback, sizeof(v->fallback), s, 13);
-	v->timeout = sqlite3_column_int(s, 14);
+	store_q_copy(q, 0, v->name, sizeof(v->name));
+	store_q_copy(q, 1, v->type, sizeof(v->type));
+	store_q_copy(q, 2, v->url, sizeof(v->url));
+	store_q_copy(q, 3, v->query, sizeof(v->query));
+	store_q_copy(q, 4, v->base, sizeof(v->base));
+	store_q_copy(q, 5, v->filter, sizeof(v->filter));
+	store_q_copy(q, 6, v->bind_dn, sizeof(v->bind_dn));
+	store_q_copy(q, 7, v->bind_password, sizeof(v->bind_password));
+	store_q_copy(q, 8, v->route_attr, sizeof(v->route_attr));
+	v->starttls = (int)store_q_int(q, 9);
+	store_q_copy(q, 10, v->mode, sizeof(v->mode));
+	v->ttl_found = (int)store_q_int(q, 11);
+	v->ttl_missing = (int)store_q_int(q, 12);
+	store_q_copy(q, 13, v->fallback, sizeof(v->fallback));
+	v->timeout = (int)store_q_int(q, 14);
 }
 
 int store_verify_get(store *st, const char *name, struct store_verify *v_r)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
 	if (!store_verify_name_ok(name))
 		return 0;
-	s = store_prepare(st, "SELECT " STORE_VERIFY_COLS " FROM verify_profiles WHERE name = ?", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_VERIFY_GET, NULL, "t", name) < 0)
 		return -1;
-	store_bind_text(s, 1, name);
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW) {
-		store_verify_row(s, v_r);
-		rc = 1;
-	} else {
-		rc = rc == SQLITE_DONE ? 0 : -1;
-	}
-	sqlite3_finalize(s);
-	return rc;
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW)
+		store_verify_row(&q, v_r);
+	store_q_end(&q);
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
 }
 
 int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 {
 	static const char *const types[] = { "localdb", "mysql", "pgsql", "ldap", "smtp", NULL };
 	struct store_verify fb;
-	sqlite3_stmt *s = NULL;
 	const char *const *t;
-	int rc = -1;
+	int rc;
 
 	if (!store_verify_name_ok(v->name))
 		return store_err(error_r, "bad verification profile name '%.64s' "
@@ -122,209 +104,126 @@ int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 			return store_err_db(st, error_r, "store: verify fallback");
 		if (rc == 0)
 			return store_err(error_r, "fallback profile '%.64s' does not exist", v->fallback);
-		rc = -1;
 	}
-	s = store_prepare(st, "INSERT INTO verify_profiles(" STORE_VERIFY_COLS ") "
-	    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)", error_r);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, v->name);
-	store_bind_text(s, 2, v->type);
-	store_bind_text(s, 3, v->url);
-	store_bind_text(s, 4, v->query);
-	store_bind_text(s, 5, v->base);
-	store_bind_text(s, 6, v->filter);
-	store_bind_text(s, 7, v->bind_dn);
-	store_bind_text(s, 8, v->bind_password);
-	store_bind_text(s, 9, v->route_attr[0] ? v->route_attr : "mailHost");
-	sqlite3_bind_int(s, 10, v->starttls ? 1 : 0);
-	store_bind_text(s, 11, v->mode);
-	sqlite3_bind_int(s, 12, v->ttl_found);
-	sqlite3_bind_int(s, 13, v->ttl_missing);
-	store_bind_text(s, 14, v->fallback);
-	sqlite3_bind_int(s, 15, v->timeout > 0 ? v->timeout : 5);
-	switch (sqlite3_step(s)) {
-	case SQLITE_DONE:
-		rc = 0;
-		break;
-	case SQLITE_CONSTRAINT_PRIMARYKEY:
-		store_err(error_r, "verification profile '%s' exists already", v->name);
-		break;
+	switch (store_run(st, ST_VERIFY_ADD, "tttttttttitiiti", v->name, v->type, v->url, v->query,
+	    v->base, v->filter, v->bind_dn, v->bind_password,
+	    v->route_attr[0] ? v->route_attr : "mailHost", v->starttls ? 1 : 0, v->mode,
+	    v->ttl_found, v->ttl_missing, v->fallback, v->timeout > 0 ? v->timeout : 5)) {
+	case STORE_DONE:
+		return 0;
+	case STORE_DUP:
+		return store_err(error_r, "verification profile '%s' exists already", v->name);
 	default:
-		store_err_db(st, error_r, "store: add verification profile");
-		break;
+		return store_err_db(st, error_r, "store: add verification profile");
 	}
-	sqlite3_finalize(s);
-	return rc;
 }
 
-/* 1 if a row matches "SELECT ... WHERE x = ?" with name bound, 0 no, -1 error. */
-static int store_verify_used(store *st, const char *sql, const char *name, char *what, size_t cap)
+/* 1 if statement ID (one text parameter) has a row, its column 0 in
+ * what[cap]; 0 no, -1 error. */
+static int store_verify_used(store *st, enum store_stmt id, const char *name, char *what, size_t cap)
 {
-	sqlite3_stmt *s = store_prepare(st, sql, NULL);
+	struct store_q q;
 	int rc;
 
-	if (s == NULL)
+	if (store_q_start(st, &q, id, NULL, "t", name) < 0)
 		return -1;
-	store_bind_text(s, 1, name);
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW) {
-		store_verify_col(what, cap, s, 0);
-		rc = 1;
-	} else {
-		rc = rc == SQLITE_DONE ? 0 : -1;
-	}
-	sqlite3_finalize(s);
-	return rc;
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW)
+		store_q_copy(&q, 0, what, cap);
+	store_q_end(&q);
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
+}
+
+static int store_verify_del_tx(store *st, void *ctx, char **error_r)
+{
+	const char *name = ctx;
+	char what[256];
+	int used;
+
+	used = store_verify_used(st, ST_VERIFY_USED_BY_DOMAIN, name, what, sizeof(what));
+	if (used == 1)
+		return store_err(error_r, "profile '%s' is used by domain %s", name, what);
+	if (used == 0)
+		used = store_verify_used(st, ST_VERIFY_USED_AS_FALLBACK, name, what, sizeof(what));
+	if (used == 1)
+		return store_err(error_r, "profile '%s' is the fallback of profile %s", name, what);
+	if (used < 0)
+		return store_err_db(st, error_r, "store: verify del");
+	if (store_run(st, ST_VERIFY_DEL, "t", name) != STORE_DONE)
+		return store_err_db(st, error_r, "store: verify del");
+	if (store_changes(st) == 0)
+		return store_err(error_r, "no verification profile '%s'", name);
+	if (store_run(st, ST_VERIFY_CACHE_FLUSH, "t", name) != STORE_DONE)
+		return store_err_db(st, error_r, "store: verify del");
+	return 0;
 }
 
 int store_verify_del(store *st, const char *name, char **error_r)
 {
-	char what[256];
-	sqlite3_stmt *s = NULL;
-	int rc = -1, used;
-
 	if (!store_verify_name_ok(name))
 		return store_err(error_r, "no verification profile '%.64s'", name);
-	if (store_exec(st, "BEGIN IMMEDIATE", error_r) < 0)
-		return -1;
-	used = store_verify_used(st, "SELECT name FROM domains WHERE verify = ? COLLATE NOCASE "
-	    "ORDER BY name LIMIT 1", name, what, sizeof(what));
-	if (used == 1) {
-		store_err(error_r, "profile '%s' is used by domain %s", name, what);
-		goto out;
-	}
-	if (used == 0)
-		used = store_verify_used(st, "SELECT name FROM verify_profiles WHERE fallback = ? "
-		    "ORDER BY name LIMIT 1", name, what, sizeof(what));
-	if (used == 1) {
-		store_err(error_r, "profile '%s' is the fallback of profile %s", name, what);
-		goto out;
-	}
-	if (used < 0) {
-		store_err_db(st, error_r, "store: verify del");
-		goto out;
-	}
-	if ((s = store_prepare(st, "DELETE FROM verify_profiles WHERE name = ?", error_r)) == NULL)
-		goto out;
-	store_bind_text(s, 1, name);
-	if (sqlite3_step(s) != SQLITE_DONE) {
-		store_err_db(st, error_r, "store: verify del");
-		goto out;
-	}
-	if (sqlite3_changes(st->db) == 0) {
-		store_err(error_r, "no verification profile '%s'", name);
-		goto out;
-	}
-	sqlite3_finalize(s);
-	if ((s = store_prepare(st, "DELETE FROM verify_cache WHERE profile = ?", error_r)) == NULL)
-		goto out;
-	store_bind_text(s, 1, name);
-	if (sqlite3_step(s) != SQLITE_DONE) {
-		store_err_db(st, error_r, "store: verify del");
-		goto out;
-	}
-	rc = store_exec(st, "COMMIT", error_r);
-out:
-	sqlite3_finalize(s);
-	if (rc < 0)
-		sqlite3_exec(st->db, "ROLLBACK", NULL, NULL, NULL);
-	return rc;
+	return store_tx(st, store_verify_del_tx, (void *)name, error_r);
 }
 
 int store_verify_list(store *st, int (*cb)(void *ctx, const struct store_verify *v), void *ctx)
 {
 	struct store_verify v;
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
-	s = store_prepare(st, "SELECT " STORE_VERIFY_COLS " FROM verify_profiles ORDER BY name", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_VERIFY_LIST, NULL, "") < 0)
 		return -1;
-	while ((rc = sqlite3_step(s)) == SQLITE_ROW) {
-		store_verify_row(s, &v);
+	while ((rc = store_q_step(&q)) == STORE_ROW) {
+		store_verify_row(&q, &v);
 		if (cb(ctx, &v) != 0) {
-			rc = SQLITE_DONE;
+			rc = STORE_DONE;
 			break;
 		}
 	}
-	sqlite3_finalize(s);
+	store_q_end(&q);
 	explicit_bzero(&v, sizeof(v));
-	return rc == SQLITE_DONE ? 0 : -1;
+	return rc == STORE_DONE ? 0 : -1;
 }
 
 int store_verify_cache_get(store *st, const char *profile, const char *address, int64_t now,
     int *result_r, char *route, size_t cap)
 {
-	sqlite3_stmt *s;
+	struct store_q q;
 	int rc;
 
 	if (cap > 0)
 		route[0] = '\0';
-	s = store_prepare(st, "SELECT result, route FROM verify_cache "
-	    "WHERE profile = ? AND address = ? AND expires > ?", NULL);
-	if (s == NULL)
+	if (store_q_start(st, &q, ST_VERIFY_CACHE_GET, NULL, "ttI", profile, address, now) < 0)
 		return -1;
-	store_bind_text(s, 1, profile);
-	store_bind_text(s, 2, address);
-	sqlite3_bind_int64(s, 3, now);
-	rc = sqlite3_step(s);
-	if (rc == SQLITE_ROW) {
-		*result_r = sqlite3_column_int(s, 0) == 0 ? 0 : 1;
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW) {
+		*result_r = store_q_int(&q, 0) == 0 ? 0 : 1;
 		if (cap > 0)
-			store_verify_col(route, cap, s, 1);
-		rc = 1;
-	} else {
-		rc = rc == SQLITE_DONE ? 0 : -1;
+			store_q_copy(&q, 1, route, cap);
 	}
-	sqlite3_finalize(s);
-	return rc;
+	store_q_end(&q);
+	return rc == STORE_ROW ? 1 : rc == STORE_DONE ? 0 : -1;
 }
 
 int store_verify_cache_put(store *st, const char *profile, const char *address, int result,
     const char *route, int64_t expires)
 {
-	sqlite3_stmt *s;
 	int rc;
 
-	s = store_prepare(st, "INSERT OR REPLACE INTO verify_cache(profile, address, result, route, "
-	    "expires) VALUES (?, ?, ?, ?, ?)", NULL);
-	if (s == NULL)
-		return -1;
-	store_bind_text(s, 1, profile);
-	store_bind_text(s, 2, address);
-	sqlite3_bind_int(s, 3, result == 0 ? 0 : 1);
-	store_bind_text(s, 4, route != NULL && *route != '\0' ? route : NULL);
-	sqlite3_bind_int64(s, 5, expires);
-	rc = sqlite3_step(s) == SQLITE_DONE ? 0 : -1;
-	sqlite3_finalize(s);
+	rc = store_run(st, ST_VERIFY_CACHE_PUT, "ttitI", profile, address, result == 0 ? 0 : 1,
+	    route != NULL && *route != '\0' ? route : NULL, expires) == STORE_DONE ? 0 : -1;
 	/* now and then, drop what has expired so the table stays small */
-	if (rc == 0 && (random() & 255) == 0) {
-		s = store_prepare(st, "DELETE FROM verify_cache WHERE expires <= ?", NULL);
-		if (s != NULL) {
-			sqlite3_bind_int64(s, 1, (int64_t)time(NULL));
-			(void)sqlite3_step(s);
-			sqlite3_finalize(s);
-		}
-	}
+	if (rc == 0 && (random() & 255) == 0)
+		(void)store_run(st, ST_VERIFY_CACHE_EXPIRE, "I", (int64_t)time(NULL));
 	return rc;
 }
 
 long store_verify_cache_flush(store *st, const char *profile, char **error_r)
 {
-	sqlite3_stmt *s;
-	long n = -1;
+	int rc = profile != NULL ? store_run(st, ST_VERIFY_CACHE_FLUSH, "t", profile) :
+	    store_run(st, ST_VERIFY_CACHE_FLUSH_ALL, "");
 
-	s = store_prepare(st, profile != NULL ? "DELETE FROM verify_cache WHERE profile = ?" :
-	    "DELETE FROM verify_cache", error_r);
-	if (s == NULL)
-		return -1;
-	if (profile != NULL)
-		store_bind_text(s, 1, profile);
-	if (sqlite3_step(s) == SQLITE_DONE)
-		n = (long)sqlite3_changes(st->db);
-	else
-		store_err_db(st, error_r, "store: verify flush");
-	sqlite3_finalize(s);
-	return n;
+	if (rc != STORE_DONE)
+		return store_err_db(st, error_r, "store: verify flush");
+	return store_changes(st);
 }

@@ -7,7 +7,7 @@ from conftest import SmtpRaw, kale_wait, smtp_expect, smtp_msg, smtp_qid, smtp_s
 from fixtures_db import (LDAP_ADMIN, LDAP_ADMIN_PW, LDAP_READER, LDAP_READER_PW, SUFFIX,  # noqa: F401
                          _run, slapd)
 from relaysink import Sink
-from test_relay import FAST, WAIT, wait_log
+from test_relay import FAST, WAIT, log_rows, wait_log
 
 import pytest
 
@@ -83,3 +83,93 @@ def test_ldap_routed_domain_verifies_at_rcpt_by_default(kale_factory, slapd, sin
         smtp_qid(c.data(smtp_msg("verified", to=known)))
     assert kale_wait(lambda: len(sink.txs) >= 1, WAIT), k.log_text()[-3000:]
     assert sink.delivered() == [known]
+
+
+class SilentDirectory:
+    """A loopback 'directory' that accepts connections, reads what it is
+    sent and never answers, until release() closes every connection."""
+
+    def __init__(self):
+        import socket
+        import threading
+        self.srv = socket.socket()
+        self.srv.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        self.srv.bind(("127.0.0.1", 0))
+        self.srv.listen(16)
+        self.srv.settimeout(0.2)
+        self.port = self.srv.getsockname()[1]
+        self.conns = []
+        self.got = 0              # bytes received (the bind, then the search)
+        self.stop = False
+        self.lock = threading.Lock()
+        self.t = threading.Thread(target=self.run, daemon=True)
+        self.t.start()
+
+    def run(self):
+        import select
+        import socket
+        while not self.stop:
+            try:
+                s, _ = self.srv.accept()
+                with self.lock:
+                    self.conns.append(s)
+            except socket.timeout:
+                pass
+            except OSError:
+                return
+            with self.lock:
+                conns = list(self.conns)
+            r = select.select(conns, [], [], 0)[0] if conns else []
+            for s in r:
+                try:
+                    n = len(s.recv(4096))
+                except OSError:
+                    n = 0
+                with self.lock:
+                    self.got += n
+
+    def release(self):
+        with self.lock:
+            for s in self.conns:
+                s.close()
+            self.conns = []
+
+    def close(self):
+        self.stop = True
+        self.release()
+        self.srv.close()
+        self.t.join(2)
+
+
+def test_slow_directory_does_not_delay_other_mail(kale_factory, sink):
+    """qmgr asks the directory off its event loop: while an ldap:PROFILE
+    lookup hangs, the rest of the queue is still delivered; the waiting
+    recipient is decided when the answer comes (here: the directory goes
+    away, so it is deferred 451 4.4.3, never bounced)."""
+    d = SilentDirectory()
+    try:
+        k = kale_factory(start=False, extra_conf=FAST)
+        k.ctl("verify", "add", "slow", "--type", "ldap", "--timeout", "60",
+              "--url", "ldap://127.0.0.1:%d" % d.port, "--base", "dc=x", "--filter", "(mail=%m)")
+        k.ctl("domain", "add", "slow.test", "--relay", "ldap:slow", "--verify", "none")
+        k.ctl("domain", "add", "fast.test", "--relay", "127.0.0.1:%d" % sink.port)
+        k.start()
+        waiting = "waiting@slow.test"
+        smtp_qid(smtp_send(k.port, "bob@other.test", [waiting], smtp_msg("slow", to=waiting)))
+        # qmgr has asked: the directory holds the connection and says nothing
+        assert kale_wait(lambda: d.got > 0, WAIT), k.log_text()[-3000:]
+        smtp_qid(smtp_send(k.port, "bob@other.test", ["other@fast.test"],
+                           smtp_msg("fast", to="other@fast.test")))
+        assert kale_wait(lambda: len(sink.txs) >= 1, 20.0), k.log_text()[-3000:]
+        assert sink.delivered() == ["other@fast.test"]
+        # ... while the lookup still hangs: no decision for the waiting one yet
+        assert d.conns, "the directory connection was dropped"
+        decided = [r for r in log_rows(k, "--to", waiting)
+                   if r["action"] in ("deferred", "bounced", "delivered")]
+        assert not decided, decided
+        d.release()
+        rows = wait_log(k, waiting, "deferred")
+        assert all(r["action"] != "bounced" for r in rows), rows
+        assert any((r.get("code") or "").startswith("451 4.4.3") for r in rows), rows
+    finally:
+        d.close()

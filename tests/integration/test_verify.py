@@ -1,11 +1,13 @@
 """Recipient verification (issue 5), backend side, through `kalectl verify`:
 localdb, mysql (MariaDB), pgsql (PostgreSQL), ldap (slapd) against real
 private servers; cache and TTLs, flush, fallback, injection attempts, backend
-down -> error -> back up."""
+down -> error -> back up; configuration errors told apart from a backend
+that is down."""
 import time
 
 import pytest
 
+from conftest import SmtpRaw, kale_wait, smtp_expect
 from fixtures_db import (mariadb, pgsql, slapd, LDAP_READER, LDAP_READER_PW,  # noqa: F401
                          SUFFIX)
 
@@ -235,6 +237,92 @@ def test_ldap_bad_credentials_and_down(node, slapd):
     finally:
         slapd.start()
     assert_verify(node, "dir", "alice@corp.test", FOUND)
+
+
+# ---- configuration errors are told apart from a backend that is down ----
+# Both answer "error" (exit 2; 451 4.4.3 at RCPT), but a profile the server
+# refuses (bad credentials, unknown column, no such base DN) is logged at
+# error level as verify.config_error naming the profile.
+
+def vtest_full(k, profile, address):
+    p = k.ctl("verify", "test", profile, address, check=False)
+    assert p.returncode in (0, 1, 2), p.stderr
+    return p.returncode, p.stdout, p.stderr
+
+
+def assert_config_error(k, profile, address="alice@corp.test"):
+    rc, out, err = vtest_full(k, profile, address)
+    assert rc == ERROR, out
+    assert "event=verify.config_error" in err and "profile=%s" % profile in err, (out, err)
+    assert "level=error" in err, err
+
+
+def assert_temp_error(k, profile, address="alice@corp.test"):
+    rc, out, err = vtest_full(k, profile, address)
+    assert rc == ERROR, out
+    assert "verify.config_error" not in err, err
+
+
+@pytest.mark.parametrize("kind", ["mysql", "pgsql"])
+def test_sql_config_errors_apart_from_down(node, kind, request):
+    srv = request.getfixturevalue("mariadb" if kind == "mysql" else "pgsql")
+    srv.ensure()
+    add_sql(node, "badpw", kind, srv, password="wrong-password")
+    assert_config_error(node, "badpw")
+    add_sql(node, "badcol", kind, srv, query="select nosuchcolumn from mailusers where email='%m'")
+    assert_config_error(node, "badcol")
+    add_sql(node, "badtable", kind, srv, query="select 1 from nosuchtable where email='%m'")
+    assert_config_error(node, "badtable")
+    add_sql(node, "good", kind, srv)
+    assert_verify(node, "good", "alice@corp.test", FOUND)
+    assert_config_error(node, "nosuchprofile")
+    srv.stop()
+    try:
+        assert_temp_error(node, "good")
+    finally:
+        srv.start()
+    assert_verify(node, "good", "alice@corp.test", FOUND)
+
+
+def test_ldap_config_errors_apart_from_down(node, slapd):
+    slapd.ensure()
+    node.ctl("verify", "add", "badbind", "--type", "ldap", "--url", slapd.url(), "--base",
+             SUFFIX, "--filter", "(mail=%m)", "--bind-dn", LDAP_READER,
+             "--bind-password-stdin", input="wrong\n")
+    assert_config_error(node, "badbind")
+    node.ctl("verify", "add", "badbase", "--type", "ldap", "--url", slapd.url(), "--base",
+             "ou=nosuch," + SUFFIX, "--filter", "(mail=%m)", "--bind-dn", LDAP_READER,
+             "--bind-password-stdin", input=LDAP_READER_PW + "\n")
+    assert_config_error(node, "badbase")
+    add_ldap(node, "dir", slapd)
+    assert_verify(node, "dir", "alice@corp.test", FOUND)
+    slapd.stop()
+    try:
+        assert_temp_error(node, "dir")
+    finally:
+        slapd.start()
+    assert_verify(node, "dir", "alice@corp.test", FOUND)
+
+
+def test_config_error_at_rcpt_is_451_and_logged(kale_factory, slapd):
+    """smtpd answers a profile's configuration error as it does a backend
+    that is down (451 4.4.3, never 550), and kaled's log names the profile
+    at error level."""
+    slapd.ensure()
+    k = kale_factory(start=False)
+    k.ctl("verify", "add", "badbind", "--type", "ldap", "--url", slapd.url(), "--base",
+          SUFFIX, "--filter", "(mail=%m)", "--bind-dn", LDAP_READER,
+          "--bind-password-stdin", input="wrong\n")
+    k.ctl("domain", "add", "corp.test", "--relay", "127.0.0.1:9", "--verify", "badbind")
+    k.start()
+    with SmtpRaw(k.port) as c:
+        c.ehlo()
+        smtp_expect(c.cmd("MAIL FROM:<bob@other.test>"), 250, "2.1.0")
+        smtp_expect(c.cmd("RCPT TO:<alice@corp.test>"), 451, "4.4.3")
+        smtp_expect(c.cmd("RCPT TO:<nobody@corp.test>"), 451, "4.4.3")
+    assert kale_wait(lambda: "event=verify.config_error" in k.log_text(), 10), k.log_text()[-3000:]
+    line = [x for x in k.log_text().splitlines() if "event=verify.config_error" in x][0]
+    assert "level=error" in line and "profile=badbind" in line, line
 
 
 # ---- the lookup pool (kalectl verify test NAME -): pooled connections ----

@@ -150,7 +150,7 @@ static void test_pool_answers(void **state)
 	assert_int_equal(g.result[0], LOOKUP_FOUND);
 	assert_int_equal(g.result[1], LOOKUP_FOUND);
 	assert_int_equal(g.result[2], LOOKUP_MISSING);
-	assert_int_equal(g.result[3], LOOKUP_ERROR);
+	assert_int_equal(g.result[3], LOOKUP_CONFIG);     /* no such profile */
 	/* cache: the second answer is a hit */
 	assert_true(lookup_verify(pool, "local", "bob@example.test", on_answer, &g) > 0);
 	run_until(f, &g.n, 5);
@@ -251,8 +251,9 @@ static void test_sync(void **state)
 	    LOOKUP_MISSING);
 	assert_string_equal(a.profile, "rt");
 	free(buf);
+	/* a profile that does not exist is a configuration error, not missing */
 	assert_int_equal(lookup_verify_sync(&f->cfg, "nope", "alice@example.test", &a, &buf),
-	    LOOKUP_ERROR);
+	    LOOKUP_CONFIG);
 	assert_true(strlen(a.detail) > 0);
 	free(buf);
 }
