@@ -29,7 +29,7 @@
 #include "imap/imapd_int.h"
 #include "lib/log.h"
 #include "lib/util.h"
-#include "master/kaled.h"
+#include "lib/proc.h"
 #include "store/store.h"
 #include "lookup/lookup.h"
 

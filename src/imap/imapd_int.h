@@ -16,7 +16,7 @@
 #include "imap/imap_mbox.h"
 #include "imap/imap_parse.h"
 #include "lookup/lookup.h"
-#include "master/kaled.h"
+#include "lib/proc.h"
 #include "store/store.h"
 
 #define IMAPD_LINE_MAX        65536            /* one command line */

@@ -1,47 +1,17 @@
-/* kaled: what the master hands each child process it forks. A child starts
- * with privileges already dropped to run_as, the working directory set to
- * data_dir (all queue/mail paths are relative), and its listeners open.
- * It runs its own event loop and returns its exit status; on SIGTERM it
- * stops accepting, ends open sessions politely and returns within 10 s. */
+/* kaled: the master's side of the child contract: the entry points it calls,
+ * one per role, after forking. The child's side (the context and the
+ * listeners it is handed) is src/lib/proc.h, which is all a child includes. */
 #ifndef KALE_KALED_H
 #define KALE_KALED_H
 
-#include <openssl/ssl.h>
+#include "lib/proc.h"
 
-struct kale_config;
-struct brake;
-
-enum kale_listen_kind {
-	LISTEN_SMTP, LISTEN_SUBMISSION, LISTEN_SUBMISSIONS,
-	LISTEN_POP3, LISTEN_POP3S, LISTEN_IMAP, LISTEN_IMAPS, LISTEN_ADMIN,
-	LISTEN_LOCAL,              /* <data_dir>/sendmail.sock: kale-sendmail, trusted */
-	LISTEN_KINDS
-};
-
-struct kale_listener {
-	int fd;                    /* bound, listening, non-blocking */
-	enum kale_listen_kind kind;
-	int implicit_tls;          /* submissions, pop3s, imaps */
-	char name[300];            /* "127.0.0.1:2525" */
-};
-
-struct kale_ctx {
-	const struct kale_config *cfg;
-	struct kale_listener *ls;
-	int n_ls;
-	SSL_CTX *tls;              /* server context with the configured cert */
-	int worker_id;             /* 0.. for smtpd workers */
-	void *conn_table;          /* shared-memory connection counter (smtpd) */
-	struct brake *brake;       /* shared brute-force brake (smtpd, pop3d, imapd) */
-};
-
+/* The entry point of each kind of child (defined in its module). */
 int smtpd_main(struct kale_ctx *ctx);
 int qmgr_main(struct kale_ctx *ctx);
-/* Optional servers: built when their modules are present. */
 int pop3d_main(struct kale_ctx *ctx);
 int imapd_main(struct kale_ctx *ctx);
-/* Hands the files of <data_dir>/maildrop to smtpd (src/sendmail/pickup.c). */
-int pickup_main(struct kale_ctx *ctx);
+int pickup_main(struct kale_ctx *ctx);   /* src/sendmail/pickup.c */
 
 const char *kale_listen_kind_name(enum kale_listen_kind k);
 

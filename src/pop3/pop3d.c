@@ -26,7 +26,7 @@
 #include "deliver/deliver.h"
 #include "lib/log.h"
 #include "lib/util.h"
-#include "master/kaled.h"
+#include "lib/proc.h"
 #include "pop3/pop3_mbox.h"
 #include "pop3/pop3_parse.h"
 #include "store/store.h"

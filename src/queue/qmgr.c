@@ -30,7 +30,7 @@
 #include "lib/log.h"
 #include "mail/dsn.h"
 #include "lib/util.h"
-#include "master/kaled.h"
+#include "lib/proc.h"
 #include "queue/qmgr.h"
 #include "queue/queue_file.h"
 #include "store/store.h"

@@ -25,7 +25,7 @@
 #include "conf/conf.h"
 #include "lib/log.h"
 #include "lib/util.h"
-#include "master/kaled.h"
+#include "lib/proc.h"
 #include "sendmail/smc.h"
 
 #define PICKUP_TICK_MS     2000     /* a pass at least this often */

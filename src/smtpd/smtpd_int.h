@@ -19,7 +19,7 @@
 #include "conf/conf.h"
 #include "lookup/lookup.h"
 #include "mail/hdrscan.h"
-#include "master/kaled.h"
+#include "lib/proc.h"
 #include "queue/queue_commit.h"
 #include "smtpd/smtp_parse.h"
 #include "store/store.h"
