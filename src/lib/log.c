@@ -1,6 +1,7 @@
 /* log: formats events as logfmt (ts=... level=... event=... key=value) and
  * writes each as one write(2) to stderr so lines from processes never mix. */
 #include "lib/log.h"
+#include "lib/util.h"
 
 #include <stdarg.h>
 #include <stdio.h>
@@ -39,7 +40,7 @@ void log_reopen(void)
 
 void log_set_proc(const char *proc)
 {
-	snprintf(log_proc, sizeof(log_proc), "%s", proc);
+	(void)util_fmt(log_proc, sizeof(log_proc), "%s", proc);   /* a short role name */
 }
 
 /* Appends a value, quoted when it holds spaces, quotes, '=' or control bytes. */

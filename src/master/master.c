@@ -105,7 +105,7 @@ static int master_bind_one(struct master *m, const struct conf_addr *a, enum kal
     char **error_r)
 {
 	struct addrinfo hints = { 0 }, *res = NULL;
-	char port[16];
+	char port[16], name[sizeof(m->ls[0].name)];
 	int fd = -1, one = 1, rc;
 
 	if (m->n_ls >= MASTER_MAX_LISTENERS) {
@@ -116,8 +116,11 @@ static int master_bind_one(struct master *m, const struct conf_addr *a, enum kal
 		/* A reload keeps a socket that stays in the config: binding it anew
 		 * would need SO_REUSEPORT, which would also let a second instance
 		 * share our ports silently. */
-		char name[sizeof(m->ls[0].name)];
-		snprintf(name, sizeof(name), strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host, a->port);
+		if (util_fmt(name, sizeof(name), strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host,
+		    a->port) < 0) {
+			*error_r = xstrdup("listen address too long");
+			return -1;
+		}
 		for (int i = 0; i < m->n_reuse; i++)
 			if (m->reuse[i].kind == kind && strcmp(m->reuse[i].name, name) == 0) {
 				m->ls[m->n_ls++] = m->reuse[i];
@@ -127,7 +130,7 @@ static int master_bind_one(struct master *m, const struct conf_addr *a, enum kal
 	}
 	hints.ai_socktype = SOCK_STREAM;
 	hints.ai_flags = AI_PASSIVE | AI_NUMERICSERV;
-	snprintf(port, sizeof(port), "%d", a->port);
+	(void)util_fmt(port, sizeof(port), "%d", a->port);     /* 1..65535 fits */
 	rc = getaddrinfo(a->host[0] ? a->host : NULL, port, &hints, &res);
 	if (rc != 0) {
 		if (asprintf(error_r, "cannot resolve listen address %s: %s", a->host, gai_strerror(rc)) < 0)
@@ -153,8 +156,7 @@ static int master_bind_one(struct master *m, const struct conf_addr *a, enum kal
 	m->ls[m->n_ls].fd = fd;
 	m->ls[m->n_ls].kind = kind;
 	m->ls[m->n_ls].implicit_tls = kind == LISTEN_SUBMISSIONS || kind == LISTEN_POP3S || kind == LISTEN_IMAPS;
-	snprintf(m->ls[m->n_ls].name, sizeof(m->ls[m->n_ls].name),
-	    strchr(a->host, ':') ? "[%s]:%d" : "%s:%d", a->host, a->port);
+	memcpy(m->ls[m->n_ls].name, name, sizeof(name));
 	m->n_ls++;
 	return 0;
 }
@@ -246,7 +248,7 @@ static int master_bind_local(struct master *m, char **error_r)
 	}
 	unlinkat(dfd, "sendmail.sock", 0);
 	sun.sun_family = AF_UNIX;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "/proc/self/fd/%d/sendmail.sock", dfd);
+	(void)util_fmt(sun.sun_path, sizeof(sun.sun_path), "/proc/self/fd/%d/sendmail.sock", dfd); /* fits */
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	{
 		mode_t old = umask(0);          /* 0666, without a chmod() that follows links */
@@ -266,7 +268,9 @@ static int master_bind_local(struct master *m, char **error_r)
 	m->ls[m->n_ls].fd = fd;
 	m->ls[m->n_ls].kind = LISTEN_LOCAL;
 	m->ls[m->n_ls].implicit_tls = 0;
-	snprintf(m->ls[m->n_ls].name, sizeof(m->ls[m->n_ls].name), "%s/public/sendmail.sock", m->cfg.data_dir);
+	if (util_fmt(m->ls[m->n_ls].name, sizeof(m->ls[m->n_ls].name), "%s/public/sendmail.sock",
+	    m->cfg.data_dir) < 0)   /* a display name: cut with "..." */
+		memcpy(m->ls[m->n_ls].name + sizeof(m->ls[m->n_ls].name) - 4, "...", 4);
 	m->n_ls++;
 	return 0;
 }
@@ -298,7 +302,7 @@ static void master_sanitizer_child(enum master_role role)
 	const char *t = getenv("KALE_SANITIZER_SELFTEST");
 
 	if ((a != NULL && strstr(a, "log_path=") != NULL) || (u != NULL && strstr(u, "log_path=") != NULL)) {
-		snprintf(path, sizeof(path), MASTER_SANITIZER_DIR "/%s", master_role_name[role]);
+		(void)util_fmt(path, sizeof(path), MASTER_SANITIZER_DIR "/%s", master_role_name[role]);
 		__sanitizer_set_report_path(path);
 	}
 	if (t != NULL && strcmp(t, master_role_name[role]) == 0) {
@@ -458,7 +462,7 @@ static void master_clean_tmp(void)
 	closedir(d);
 	if (n > 0) {
 		char num[16];
-		snprintf(num, sizeof(num), "%d", n);
+		(void)util_fmt(num, sizeof(num), "%d", n);
 		log_event(LOG_LVL_INFO, "queue.tmp_cleaned", "files", num, NULL);
 	}
 }
@@ -646,8 +650,8 @@ static void master_start(struct master *m, struct master_slot *s)
 		char p[16], w[16];
 		s->pid = pid;
 		s->started_ms = util_now_ms();
-		snprintf(p, sizeof(p), "%d", (int)pid);
-		snprintf(w, sizeof(w), "%d", s->worker_id);
+		(void)util_fmt(p, sizeof(p), "%d", (int)pid);
+		(void)util_fmt(w, sizeof(w), "%d", s->worker_id);
 		log_event(LOG_LVL_INFO, "child.start", "role", master_role_name[s->role], "worker", w,
 		    "child", p, NULL);
 		return;
@@ -734,11 +738,11 @@ static void master_reap(struct master *m)
 		char p[16], st[32];
 		struct master_slot *s = NULL;
 
-		snprintf(p, sizeof(p), "%d", (int)pid);
+		(void)util_fmt(p, sizeof(p), "%d", (int)pid);
 		if (WIFEXITED(status))
-			snprintf(st, sizeof(st), "exit %d", WEXITSTATUS(status));
+			(void)util_fmt(st, sizeof(st), "exit %d", WEXITSTATUS(status));
 		else
-			snprintf(st, sizeof(st), "signal %d", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
+			(void)util_fmt(st, sizeof(st), "signal %d", WIFSIGNALED(status) ? WTERMSIG(status) : 0);
 		for (int i = 0; i < m->n_retired; i++)
 			if (m->retired[i].pid == pid) {
 				enum master_role role = m->retired[i].role;
@@ -1027,7 +1031,7 @@ static int master_ctl_forward(struct master *m, struct bufferevent *bev, const c
 	int fd;
 
 	sun.sun_family = AF_UNIX;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "qmgr.sock");
+	(void)util_fmt(sun.sun_path, sizeof(sun.sun_path), "qmgr.sock");
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_CLOEXEC, 0);
 	if (fd < 0)
 		return -1;
@@ -1119,7 +1123,7 @@ static int master_ctl_open(struct master *m, char **error_r)
 	int fd;
 
 	sun.sun_family = AF_UNIX;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "control.sock");
+	(void)util_fmt(sun.sun_path, sizeof(sun.sun_path), "control.sock");
 	unlink(sun.sun_path);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	/* The socket stays the master's user's, mode 0600: the children (run_as)
@@ -1241,7 +1245,7 @@ int master_run(const char *path)
 	master_plan(m);
 	{
 		char nw[16];
-		snprintf(nw, sizeof(nw), "%d", m->nworkers);
+		(void)util_fmt(nw, sizeof(nw), "%d", m->nworkers);
 		log_event(LOG_LVL_INFO, "master.start", "config", path, "data_dir", m->cfg.data_dir,
 		    "workers", nw, "run_as", m->drop ? m->cfg.run_as : NULL, NULL);
 	}

@@ -42,7 +42,7 @@ int maildrop_write(const char *data_dir, const char *sender, char *const *rcpt, 
 	int fd, e;
 
 	if (n_rcpt < 1 || n_rcpt > MAILDROP_RCPT_MAX || strchr(sender, '\n') != NULL) {
-		snprintf(err, cap, "bad envelope");
+		(void)util_fmt(err, cap, "bad envelope");
 		return -1;
 	}
 	if (getrandom(&rnd, sizeof(rnd), 0) != (ssize_t)sizeof(rnd))
@@ -50,12 +50,12 @@ int maildrop_write(const char *data_dir, const char *sender, char *const *rcpt, 
 	if (util_fmt(name, sizeof(name), "%lld.%d.%016llx", (long long)time(NULL), (int)getpid(),
 	    rnd) < 0 || util_fmt(dst, sizeof(dst), "%s/" MAILDROP_DIR "/%s", data_dir, name) < 0 ||
 	    util_fmt(tmp, sizeof(tmp), "%s/" MAILDROP_DIR "/.%s", data_dir, name) < 0) {
-		snprintf(err, cap, "data_dir too long");
+		(void)util_fmt(err, cap, "data_dir too long");
 		return -1;
 	}
 	fd = open(tmp, O_WRONLY | O_CREAT | O_EXCL | O_NOFOLLOW | O_CLOEXEC, 0600);
 	if (fd < 0) {
-		snprintf(err, cap, "%s: %s", tmp, strerror(errno));
+		(void)util_fmt(err, cap, "%s: %s", tmp, strerror(errno));   /* message text: may be cut */
 		return -1;
 	}
 	/* the pickup runs as run_as: "others" may read, the folder hides it */
@@ -72,7 +72,7 @@ int maildrop_write(const char *data_dir, const char *sender, char *const *rcpt, 
 	return 0;
 fail:
 	e = errno;
-	snprintf(err, cap, "%s: %s", tmp, strerror(e ? e : EIO));
+	(void)util_fmt(err, cap, "%s: %s", tmp, strerror(e ? e : EIO));   /* may be cut */
 	close(fd);
 	unlink(tmp);
 	unlink(dst);

@@ -90,7 +90,7 @@ static int pickup_one(const struct kale_config *cfg, int dfd, const char *name)
 		got += (size_t)n;
 	}
 	close(fd);
-	snprintf(uid, sizeof(uid), "%ld", (long)sb.st_uid);
+	(void)util_fmt(uid, sizeof(uid), "%ld", (long)sb.st_uid);
 	if (got != (size_t)sb.st_size || maildrop_parse(buf, got, &env) < 0) {
 		log_event(LOG_LVL_WARN, "pickup.bad", "file", name, "uid", uid,
 		    "reason", "not a maildrop file", NULL);
@@ -110,7 +110,7 @@ static int pickup_one(const struct kale_config *cfg, int dfd, const char *name)
 	smc_close(c);
 	if (rc == SMC_TEMPFAIL && connected && time(NULL) - sb.st_mtime > cfg->max_age) {
 		rc = SMC_FAIL;          /* refused for longer than mail may wait */
-		snprintf(c->error + strlen(c->error), sizeof(c->error) - strlen(c->error),
+		(void)util_fmt(c->error + strlen(c->error), sizeof(c->error) - strlen(c->error),
 		    " (for longer than [queue] max_age)");
 	}
 	if (rc == SMC_OK) {
