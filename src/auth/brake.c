@@ -14,6 +14,7 @@
 
 #include "conf/conf.h"
 #include "lib/log.h"
+#include "lib/util.h"
 
 #define BRAKE_LOCK_MS  500
 #define BRAKE_FREE     0
@@ -343,11 +344,12 @@ static void brake_name(const struct brake_slot *s, char *out, size_t cap)
 		}
 		out[i] = '\0';
 	} else if (memcmp(s->ip, v4mapped, 12) == 0 && inet_ntop(AF_INET, s->ip + 12, buf, sizeof(buf))) {
-		snprintf(out, cap, "%s", buf);
+		/* cannot truncate: the one caller's cap is BRAKE_NAME_MAX (128) */
+		(void)util_fmt(out, cap, "%s", buf);
 	} else if (inet_ntop(AF_INET6, s->ip, buf, sizeof(buf)) != NULL) {
-		snprintf(out, cap, "%s/64", buf);
+		(void)util_fmt(out, cap, "%s/64", buf);
 	} else {
-		snprintf(out, cap, "?");
+		(void)util_fmt(out, cap, "?");
 	}
 }
 
@@ -401,8 +403,9 @@ void brake_log(const char *proto, const char *ip, const char *login, const struc
 	char name[BRAKE_NAME_MAX], n[16], d[32];
 
 	brake_account_key(login, name);
-	snprintf(n, sizeof(n), "%d", t->failures);
-	snprintf(d, sizeof(d), "%d.%03ds", t->delay_ms / 1000, t->delay_ms % 1000);
+	(void)util_fmt(n, sizeof(n), "%d", t->failures);              /* an int in 16 */
+	(void)util_fmt(d, sizeof(d), "%d.%03ds", t->delay_ms / 1000, /* two ints in 32 */
+	    t->delay_ms % 1000);
 	log_event(LOG_LVL_WARN, "auth.brake", "proto", proto, "client", ip, "user", name[0] ? name : NULL,
 	    "failures", n, "delay", strcmp(action, "delay") == 0 ? d : NULL, "action", action, NULL);
 }

@@ -213,6 +213,11 @@ void ctl_close(struct ctl *c)
 
 char *ctl_read_password(void)
 {
+	return ctl_read_password_flags(0);
+}
+
+char *ctl_read_password_flags(int flags)
+{
 	char *buf = xmalloc(CTL_PASSWORD_MAX + 2);
 	size_t len = 0;
 
@@ -230,6 +235,8 @@ char *ctl_read_password(void)
 	}
 	if (len > 0 && buf[len - 1] == '\n')
 		len--;
+	if ((flags & CTL_PW_CR) && len > 0 && buf[len - 1] == '\r')
+		len--;
 	if (len > CTL_PASSWORD_MAX) {
 		ctl_fail("password too long (max %d bytes)", CTL_PASSWORD_MAX);
 		goto fail;
@@ -239,7 +246,7 @@ char *ctl_read_password(void)
 		ctl_fail("the password must be one line without NUL bytes");
 		goto fail;
 	}
-	if (len == 0) {
+	if (len == 0 && !(flags & CTL_PW_EMPTY)) {
 		ctl_fail("empty password on stdin");
 		goto fail;
 	}
@@ -370,4 +377,23 @@ void ctl_table_free(struct ctl_table *t)
 	free(t->cells);
 	t->cells = NULL;
 	t->nrows = 0;
+}
+
+int ctl_table_list(struct ctl *c, int argc, char **argv, int ncol, const char *const *header,
+    int (*list)(store *st, struct ctl_table *t), const char *what)
+{
+	const char *pos[1];
+	int npos = 0, rc;
+	struct ctl_table t;
+
+	if (ctl_getopt(argc, argv, NULL, pos, 0, 0, &npos) < 0)
+		return ctl_usage(NULL);
+	if (ctl_open_store(c) < 0)
+		return CTL_EXIT_FAIL;
+	ctl_table_init(&t, ncol, header);
+	rc = list(c->st, &t);
+	if (rc == 0)
+		ctl_table_print(&t, stdout);
+	ctl_table_free(&t);
+	return rc == 0 ? CTL_EXIT_OK : ctl_fail("cannot list %s", what);
 }

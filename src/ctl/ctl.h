@@ -56,6 +56,11 @@ void ctl_close(struct ctl *c);
 /* Reads a password from stdin (at most CTL_PASSWORD_MAX bytes, one trailing
  * newline stripped). malloc'd, or NULL after printing the error. */
 char *ctl_read_password(void);
+/* ctl_read_password with flags: CTL_PW_CR also strips a CR left at the end,
+ * CTL_PW_EMPTY passes an empty password on instead of refusing it. */
+#define CTL_PW_CR 1
+#define CTL_PW_EMPTY 2
+char *ctl_read_password_flags(int flags);
 
 /* "YYYY-MM-DD HH:MM:SS" in UTC. */
 void ctl_fmt_time(int64_t ts, char buf[32]);
@@ -75,6 +80,11 @@ void ctl_table_init(struct ctl_table *t, int ncol, const char *const *header);
 void ctl_table_add(struct ctl_table *t, const char *const *cells);
 void ctl_table_print(const struct ctl_table *t, FILE *out);
 void ctl_table_free(struct ctl_table *t);
+/* A `list` sub-command (argv: its arguments, none allowed): opens the store,
+ * fills a table of ncol columns under header through list(st, t) (0, or -1
+ * on a store error) and prints it. An exit code; "cannot list WHAT" on error. */
+int ctl_table_list(struct ctl *c, int argc, char **argv, int ncol, const char *const *header,
+    int (*list)(store *st, struct ctl_table *t), const char *what);
 
 /* Command groups (argv[0] is the sub-command, e.g. "add"); each returns an exit code. */
 int ctl_policy_domain(struct ctl *c, int argc, char **argv);

@@ -97,6 +97,11 @@ static int ctl_auth_server_row(void *ctx, const struct store_auth_server *srv)
 	return 0;
 }
 
+static int ctl_auth_server_list(store *st, struct ctl_table *t)
+{
+	return store_auth_server_list(st, ctl_auth_server_row, t);
+}
+
 static int ctl_auth_id(const char *s, int64_t *id_r)
 {
 	long long v;
@@ -111,7 +116,7 @@ static int ctl_auth_server(struct ctl *c, int argc, char **argv)
 {
 	const char *sub = argc > 0 ? argv[0] : "", *pos[2];
 	char *err = NULL;
-	int npos = 0, rc;
+	int npos = 0;
 	int64_t id;
 
 	if (strcmp(sub, "add") == 0) {
@@ -150,17 +155,7 @@ static int ctl_auth_server(struct ctl *c, int argc, char **argv)
 	}
 	if (strcmp(sub, "list") == 0) {
 		static const char *const hdr[7] = { "ID", "POS", "PROTO", "TLS", "HOST", "PORT", "ENABLED" };
-		struct ctl_table t;
-		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 0, 0, &npos) < 0)
-			return ctl_usage(NULL);
-		if (ctl_open_store(c) < 0)
-			return CTL_EXIT_FAIL;
-		ctl_table_init(&t, 7, hdr);
-		rc = store_auth_server_list(c->st, ctl_auth_server_row, &t);
-		if (rc == 0)
-			ctl_table_print(&t, stdout);
-		ctl_table_free(&t);
-		return rc == 0 ? CTL_EXIT_OK : ctl_fail("cannot list auth servers");
+		return ctl_table_list(c, argc - 1, argv + 1, 7, hdr, ctl_auth_server_list, "auth servers");
 	}
 	if (strcmp(sub, "del") == 0) {
 		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 1, 1, &npos) < 0)
@@ -194,45 +189,6 @@ fail:
 	return CTL_EXIT_FAIL;
 }
 
-/* Reads the password for auth test: like ctl_read_password, but an empty
- * password is passed on (auth_check refuses it). NULL after an error. */
-static char *ctl_auth_password(void)
-{
-	char *buf = xmalloc(CTL_PASSWORD_MAX + 2);
-	size_t len = 0;
-
-	while (len < CTL_PASSWORD_MAX + 1) {
-		ssize_t n = read(STDIN_FILENO, buf + len, CTL_PASSWORD_MAX + 1 - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			ctl_fail("reading the password from stdin: %s", strerror(errno));
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	if (len > 0 && buf[len - 1] == '\n')
-		len--;
-	if (len > 0 && buf[len - 1] == '\r')
-		len--;
-	if (len > CTL_PASSWORD_MAX) {
-		ctl_fail("password too long (max %d bytes)", CTL_PASSWORD_MAX);
-		goto fail;
-	}
-	buf[len] = '\0';
-	if (memchr(buf, '\0', len) != NULL || memchr(buf, '\n', len) != NULL) {
-		ctl_fail("the password must be one line without NUL bytes");
-		goto fail;
-	}
-	return buf;
-fail:
-	explicit_bzero(buf, CTL_PASSWORD_MAX + 2);
-	free(buf);
-	return NULL;
-}
-
 static void ctl_auth_print(const char *label, const char *s)
 {
 	fputs(label, stdout);
@@ -253,7 +209,8 @@ static int ctl_auth_test(struct ctl *c, int argc, char **argv)
 		return ctl_usage(NULL);
 	if (!stdin_pw)
 		return ctl_usage("auth test needs --password-stdin");
-	if ((password = ctl_auth_password()) == NULL)
+	/* an empty password is passed on: auth_check refuses it */
+	if ((password = ctl_read_password_flags(CTL_PW_CR | CTL_PW_EMPTY)) == NULL)
 		return CTL_AUTH_EXIT_ERROR;
 	if (ctl_enter(c) < 0) {
 		explicit_bzero(password, strlen(password));

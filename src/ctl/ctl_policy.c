@@ -36,6 +36,11 @@ static int ctl_domain_row(void *ctx, const struct store_domain *d)
 	return 0;
 }
 
+static int ctl_domain_list(store *st, struct ctl_table *t)
+{
+	return store_domain_list(st, ctl_domain_row, t);
+}
+
 int ctl_policy_domain(struct ctl *c, int argc, char **argv)
 {
 	const char *pos[1], *relay = NULL, *tls = NULL, *verify = NULL;
@@ -84,18 +89,7 @@ int ctl_policy_domain(struct ctl *c, int argc, char **argv)
 	}
 	if (strcmp(sub, "list") == 0) {
 		static const char *const hdr[5] = { "DOMAIN", "TYPE", "ROUTE", "TLS", "VERIFY" };
-		struct ctl_table t;
-		int rc;
-		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 0, 0, &npos) < 0)
-			return ctl_usage(NULL);
-		if (ctl_open_store(c) < 0)
-			return CTL_EXIT_FAIL;
-		ctl_table_init(&t, 5, hdr);
-		rc = store_domain_list(c->st, ctl_domain_row, &t);
-		if (rc == 0)
-			ctl_table_print(&t, stdout);
-		ctl_table_free(&t);
-		return rc == 0 ? CTL_EXIT_OK : ctl_fail("cannot list domains");
+		return ctl_table_list(c, argc - 1, argv + 1, 5, hdr, ctl_domain_list, "domains");
 	}
 	if (strcmp(sub, "del") == 0) {
 		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 1, 1, &npos) < 0)
@@ -243,6 +237,11 @@ static int ctl_alias_row(void *ctx, const char *address, const char *targets)
 	return 0;
 }
 
+static int ctl_alias_list(store *st, struct ctl_table *t)
+{
+	return store_alias_list(st, ctl_alias_row, t);
+}
+
 int ctl_policy_alias(struct ctl *c, int argc, char **argv)
 {
 	const char *pos[2];
@@ -259,18 +258,7 @@ int ctl_policy_alias(struct ctl *c, int argc, char **argv)
 	}
 	if (strcmp(sub, "list") == 0) {
 		static const char *const hdr[2] = { "ALIAS", "TARGETS" };
-		struct ctl_table t;
-		int rc;
-		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 0, 0, &npos) < 0)
-			return ctl_usage(NULL);
-		if (ctl_open_store(c) < 0)
-			return CTL_EXIT_FAIL;
-		ctl_table_init(&t, 2, hdr);
-		rc = store_alias_list(c->st, ctl_alias_row, &t);
-		if (rc == 0)
-			ctl_table_print(&t, stdout);
-		ctl_table_free(&t);
-		return rc == 0 ? CTL_EXIT_OK : ctl_fail("cannot list aliases");
+		return ctl_table_list(c, argc - 1, argv + 1, 2, hdr, ctl_alias_list, "aliases");
 	}
 	if (strcmp(sub, "del") == 0) {
 		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 1, 1, &npos) < 0)

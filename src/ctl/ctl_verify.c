@@ -182,6 +182,11 @@ static int ctl_verify_row(void *ctx, const struct store_verify *v)
 	return 0;
 }
 
+static int ctl_verify_list(store *st, struct ctl_table *t)
+{
+	return store_verify_list(st, ctl_verify_row, t);
+}
+
 static const char *ctl_verify_word(enum lookup_result r)
 {
 	return r == LOOKUP_FOUND ? "found" : r == LOOKUP_MISSING ? "missing" : "error";
@@ -261,18 +266,8 @@ int ctl_verify_cmd(struct ctl *c, int argc, char **argv)
 		return ctl_verify_add(c, argc - 1, argv + 1);
 	if (strcmp(sub, "list") == 0) {
 		static const char *const hdr[5] = { "NAME", "TYPE", "MODE", "FALLBACK", "SETTINGS" };
-		struct ctl_table t;
-		int rc;
-		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 0, 0, &npos) < 0)
-			return ctl_usage(NULL);
-		if (ctl_open_store(c) < 0)
-			return CTL_EXIT_FAIL;
-		ctl_table_init(&t, 5, hdr);
-		rc = store_verify_list(c->st, ctl_verify_row, &t);
-		if (rc == 0)
-			ctl_table_print(&t, stdout);
-		ctl_table_free(&t);
-		return rc == 0 ? CTL_EXIT_OK : ctl_fail("cannot list verification profiles");
+		return ctl_table_list(c, argc - 1, argv + 1, 5, hdr, ctl_verify_list,
+		    "verification profiles");
 	}
 	if (strcmp(sub, "del") == 0) {
 		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 1, 1, &npos) < 0)

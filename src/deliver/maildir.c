@@ -114,25 +114,6 @@ static int maildir_unique_name(char *out, size_t cap)
 	    atomic_fetch_add(&maildir_counter, 1u) + 1u, enc);
 }
 
-static int maildir_write_all(int fd, const char *p, size_t n, off_t off)
-{
-	while (n > 0) {
-		ssize_t w = pwrite(fd, p, n, off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -1;
-		if (w == 0) {
-			errno = EIO;
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
 /* Copies [0, len) of src to dst at dst_off with explicit offsets (src's file
  * position never moves): copy_file_range, else pread/pwrite. */
 static int maildir_copy(int src, int dst, off_t dst_off, uint64_t len, const char **error_r)
@@ -170,7 +151,7 @@ static int maildir_copy(int src, int dst, off_t dst_off, uint64_t len, const cha
 				*error_r = "read of queue file failed";
 				goto out;
 			}
-			if (n > 0 && maildir_write_all(dst, buf, (size_t)n, out) < 0) {
+			if (n > 0 && fs_pwrite_all(dst, buf, (size_t)n, out) < 0) {
 				*error_r = "write failed";
 				goto out;
 			}
@@ -246,7 +227,7 @@ int maildir_write(const char *mailbox, const char *prefix, size_t prefix_len,
 			goto fail_noname;
 		}
 	}
-	if (prefix_len > 0 && maildir_write_all(fd, prefix, prefix_len, 0) < 0) {
+	if (prefix_len > 0 && fs_pwrite_all(fd, prefix, prefix_len, 0) < 0) {
 		*error_r = "write failed";
 		goto fail;
 	}

@@ -19,7 +19,6 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <event2/listener.h>
 #include <openssl/ssl.h>
 
 #include "conf/conf.h"
@@ -28,6 +27,7 @@
 #include "imap/imapd.h"
 #include "imap/imapd_int.h"
 #include "lib/log.h"
+#include "lib/server.h"
 #include "lib/util.h"
 #include "lib/proc.h"
 #include "store/store.h"
@@ -129,77 +129,30 @@ static int imapd_is_tls_kind(const struct kale_listener *l)
 	return l->kind == LISTEN_IMAPS || l->implicit_tls;
 }
 
-static void imapd_ip(const struct sockaddr *sa, char *buf, size_t cap)
+/* ---- connections (lib/server.c accepts, counts and drains) ---- */
+
+static const char *imapd_on_refuse(void *owner, const struct server_conn *c, enum server_refusal why)
 {
-	buf[0] = '\0';
-	if (sa->sa_family == AF_INET)
-		inet_ntop(AF_INET, &((const struct sockaddr_in *)(const void *)sa)->sin_addr, buf, (socklen_t)cap);
-	else if (sa->sa_family == AF_INET6)
-		inet_ntop(AF_INET6, &((const struct sockaddr_in6 *)(const void *)sa)->sin6_addr, buf, (socklen_t)cap);
-	if (buf[0] == '\0')
-		util_fmt(buf, cap, "unknown");
+	(void)owner;
+	(void)why;
+	log_event(LOG_LVL_WARN, "imap.refused", "client", c->ip, "reason", "connection limit", NULL);
+	return "* BYE Too many connections\r\n";
 }
 
-struct imapd_lis {
-	struct imapd *d;
-	const struct kale_listener *l;
-};
-
-static void imapd_accept_cb(struct evconnlistener *el, evutil_socket_t fd, struct sockaddr *sa, int salen, void *arg)
+static void *imapd_on_accept(void *owner, struct server_conn *c)
 {
-	struct imapd_lis *li = arg;
-	struct imapd *d = li->d;
+	struct imapd *d = owner;
 	const struct kale_config *cfg = d->ctx->cfg;
-	char ip[64];
-	(void)el;
-	(void)salen;
-	imapd_ip(sa, ip, sizeof(ip));
-	int per_ip = 0;
-	for (struct imapd_sess *t = d->sessions; t != NULL; t = t->next)
-		if (strcmp(t->ip, ip) == 0)
-			per_ip++;
-	int tls = imapd_is_tls_kind(li->l);
-	if (d->shutting_down || (cfg->max_connections > 0 && d->n_sessions >= cfg->max_connections) ||
-	    (cfg->max_connections_per_ip > 0 && per_ip >= cfg->max_connections_per_ip) ||
-	    (tls && d->ctx->tls == NULL)) {
-		static const char bye[] = "* BYE Too many connections\r\n";
-		if (!tls && write(fd, bye, sizeof(bye) - 1) < 0) {
-			/* nothing to do: the connection is being refused anyway */
-		}
-		log_event(LOG_LVL_WARN, "imap.refused", "client", ip, "reason", "connection limit", NULL);
-		evutil_closesocket(fd);
-		return;
-	}
 	struct imapd_sess *s = xcalloc(1, sizeof(*s));
+
 	s->d = d;
+	s->conn = c;
+	s->bev = c->bev;
 	s->ino_fd = -1;
 	s->state = IMAPD_NOAUTH;
-	memcpy(s->ip, ip, sizeof(s->ip));
-	s->can_starttls = !tls && d->ctx->tls != NULL;
-	evutil_make_socket_nonblocking(fd);
-	if (tls) {
-		SSL *ssl = SSL_new(d->ctx->tls);
-		s->bev = ssl != NULL ? bufferevent_openssl_socket_new(d->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-		    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS) : NULL;
-		if (s->bev == NULL && ssl != NULL)
-			SSL_free(ssl);
-		if (s->bev != NULL)
-			bufferevent_openssl_set_allow_dirty_shutdown(s->bev, 1);
-		s->tls = 1;
-	} else {
-		s->bev = bufferevent_socket_new(d->base, fd, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	}
-	if (s->bev == NULL) {
-		evutil_closesocket(fd);
-		xfree(&s);
-		return;
-	}
-	s->next = d->sessions;
-	if (d->sessions != NULL)
-		d->sessions->prev = s;
-	d->sessions = s;
-	d->n_sessions++;
-	bufferevent_setcb(s->bev, imapd_read_cb, imapd_write_cb, imapd_event_cb, s);
+	util_fmt(s->ip, sizeof(s->ip), "%s", c->ip);
+	s->tls = c->tls;
+	s->can_starttls = !c->tls && d->ctx->tls != NULL;
 	imapd_set_timeout(s);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 	s->login_deadline = evtimer_new(d->base, imapd_on_login_deadline, s);
@@ -207,57 +160,50 @@ static void imapd_accept_cb(struct evconnlistener *el, evutil_socket_t fd, struc
 		struct timeval tv = { 2 * (cfg->command_timeout > 0 ? cfg->command_timeout : 300), 0 };
 		evtimer_add(s->login_deadline, &tv);
 	}
-	log_event(LOG_LVL_DEBUG, "imap.connect", "client", ip, "tls", tls ? "yes" : "no", NULL);
+	log_event(LOG_LVL_DEBUG, "imap.connect", "client", s->ip, "tls", c->tls ? "yes" : "no", NULL);
 	evbuffer_add_printf(imapd_out(s), "* OK [CAPABILITY ");
 	imapd_capability(s, imapd_out(s));
 	evbuffer_add_printf(imapd_out(s), "] %s kale IMAP ready\r\n",
 	    cfg->hostname != NULL ? cfg->hostname : "localhost");
+	return s;
 }
 
-static void imapd_shutdown_timer_cb(evutil_socket_t fd, short what, void *arg)
+/* SIGTERM/SIGINT: the skeleton has closed the listeners. */
+static void imapd_on_drain(void *owner, int hard)
 {
-	struct imapd *d = arg;
-	(void)fd;
-	(void)what;
-	event_base_loopexit(d->base, NULL);
-}
-
-static void imapd_sigterm_cb(evutil_socket_t sig, short what, void *arg)
-{
-	struct imapd *d = arg;
-	(void)sig;
-	(void)what;
-	if (d->shutting_down)
-		return;
-	d->shutting_down = 1;
+	(void)owner;
+	(void)hard;
 	log_event(LOG_LVL_INFO, "imap.shutdown", NULL);
-	for (int i = 0; i < d->n_lis; i++) {
-		evconnlistener_free(d->lis[i]);
-		d->lis[i] = NULL;
-	}
-	struct imapd_sess *next;
-	for (struct imapd_sess *s = d->sessions; s != NULL; s = next) {
-		next = s->next;
-		if (s->closing)
-			continue;
-		imapd_idle_stop(s);
-		if (s->fetch == NULL)   /* a FETCH being written may be inside a literal */
-			imapd_printf(s, "* BYE Server shutting down");
-		imapd_close(s);
-	}
-	if (d->n_sessions == 0) {
-		event_base_loopexit(d->base, NULL);
-		return;
-	}
-	struct timeval tv = { IMAPD_SHUTDOWN_SECS, 0 };
-	d->shutdown_timer = evtimer_new(d->base, imapd_shutdown_timer_cb, d);
-	evtimer_add(d->shutdown_timer, &tv);
 }
+
+static void imapd_on_stop(void *arg)
+{
+	struct imapd_sess *s = arg;
+
+	if (s->closing)
+		return;
+	imapd_idle_stop(s);
+	if (s->fetch == NULL)   /* a FETCH being written may be inside a literal */
+		imapd_printf(s, "* BYE Server shutting down");
+	imapd_close(s);
+}
+
+static const struct server_ops imapd_server_ops = {
+	.on_accept = imapd_on_accept,
+	.on_refuse = imapd_on_refuse,
+	.on_read = imapd_on_read,
+	.on_write = imapd_on_write,
+	.on_event = imapd_on_event,
+	.on_free = imapd_sess_release,
+	.on_drain = imapd_on_drain,
+	.on_stop = imapd_on_stop,
+};
 
 int imapd_main(struct kale_ctx *ctx)
 {
 	struct imapd d;
-	struct imapd_lis lis[32];
+	struct server_params sp;
+	const char *serr = NULL;
 	char *err = NULL;
 	int rc = 1;
 
@@ -279,41 +225,44 @@ int imapd_main(struct kale_ctx *ctx)
 		log_event(LOG_LVL_WARN, "imap.pool", "error", err, "note", "password checks on the loop", NULL);
 		xfree(&err);
 	}
-	for (int i = 0; i < ctx->n_ls && d.n_lis < 32; i++) {
+	memset(&sp, 0, sizeof(sp));
+	sp.name = "imap";
+	sp.base = d.base;
+	sp.tls = ctx->tls;
+	sp.conns = ctx->conn_table;
+	sp.max_conns = ctx->cfg->max_connections > 0 ? ctx->cfg->max_connections : 1000;
+	sp.max_conns_per_ip = ctx->cfg->max_connections_per_ip > 0 ? ctx->cfg->max_connections_per_ip : 20;
+	sp.term_grace_s = IMAPD_SHUTDOWN_SECS;
+	sp.sigint = 1;
+	sp.close_timeout_s = 5;
+	sp.ops = &imapd_server_ops;
+	sp.owner = &d;
+	d.server = server_new(&sp, &serr);
+	if (d.server == NULL) {
+		log_event(LOG_LVL_ERROR, "imap.server_failed", "error", serr, NULL);
+		goto out;
+	}
+	for (int i = 0; i < ctx->n_ls; i++) {
 		const struct kale_listener *l = &ctx->ls[i];
+		struct server_listen sl;
 		if (l->kind != LISTEN_IMAP && l->kind != LISTEN_IMAPS)
 			continue;
-		lis[d.n_lis].d = &d;
-		lis[d.n_lis].l = l;
-		d.lis[d.n_lis] = evconnlistener_new(d.base, imapd_accept_cb, &lis[d.n_lis],
-		    LEV_OPT_CLOSE_ON_EXEC, -1, l->fd);
-		if (d.lis[d.n_lis] == NULL) {
+		sl.fd = l->fd;
+		sl.implicit_tls = imapd_is_tls_kind(l);
+		sl.name = l->name;
+		sl.data = (void *)l;
+		if (server_listen(d.server, &sl, &serr) < 0) {
 			log_event(LOG_LVL_ERROR, "imap.listen_failed", "listener", l->name, NULL);
 			goto out;
 		}
 		log_event(LOG_LVL_INFO, "imap.listen", "listener", l->name, "tls", imapd_is_tls_kind(l) ? "implicit" : "starttls", NULL);
-		d.n_lis++;
 	}
-	d.sig_term = evsignal_new(d.base, SIGTERM, imapd_sigterm_cb, &d);
-	d.sig_int = evsignal_new(d.base, SIGINT, imapd_sigterm_cb, &d);
-	event_add(d.sig_term, NULL);
-	event_add(d.sig_int, NULL);
 	event_base_dispatch(d.base);
 	rc = 0;
 out:
-	while (d.sessions != NULL)
-		imapd_sess_free(d.sessions);
+	server_free(&d.server);     /* every session, the listeners, the signals */
 	imap_cache_clear();
 	lookup_pool_free(&d.pool);
-	for (int i = 0; i < d.n_lis; i++)
-		if (d.lis[i] != NULL)
-			evconnlistener_free(d.lis[i]);
-	if (d.sig_term != NULL)
-		event_free(d.sig_term);
-	if (d.sig_int != NULL)
-		event_free(d.sig_int);
-	if (d.shutdown_timer != NULL)
-		event_free(d.shutdown_timer);
 	if (d.base != NULL)
 		event_base_free(d.base);
 	store_close(&d.st);

@@ -37,36 +37,13 @@ void imapd_printf(struct imapd_sess *s, const char *fmt, ...)
 	evbuffer_add(imapd_out(s), "\r\n", 2);
 }
 
-static void imapd_close_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct imapd_sess *s = arg;
-	(void)fd;
-	(void)what;
-	/* after STARTTLS the TLS filter writes into the socket bufferevent
-	 * below it: wait until that is flushed too */
-	struct bufferevent *under = bufferevent_get_underlying(s->bev);
-	if (evbuffer_get_length(imapd_out(s)) > 0 ||
-	    (under != NULL && evbuffer_get_length(bufferevent_get_output(under)) > 0)) {
-		struct timeval tv = { 0, 20000 };
-		evtimer_add(s->close_ev, &tv);
-		return;
-	}
-	imapd_sess_free(s);
-}
-
-/* Closes once the output is written; never frees synchronously. */
+/* Closes once the output is written; never frees synchronously. The
+ * skeleton bounds the flush (a client that never reads cannot hold the
+ * session forever: server_params.close_timeout_s). */
 void imapd_close(struct imapd_sess *s)
 {
 	s->closing = 1;
-	bufferevent_disable(s->bev, EV_READ);
-	if (s->close_ev == NULL) {
-		struct timeval tv = { 0, 0 };
-		s->close_ev = evtimer_new(s->d->base, imapd_close_cb, s);
-		evtimer_add(s->close_ev, &tv);
-	}
-	/* a client that never reads cannot hold the session forever */
-	struct timeval wt = { 5, 0 };
-	bufferevent_set_timeouts(s->bev, NULL, &wt);
+	server_conn_close(s->conn);
 }
 
 void imapd_bad(struct imapd_sess *s, const char *tag, const char *text)
@@ -81,6 +58,14 @@ void imapd_bad(struct imapd_sess *s, const char *tag, const char *text)
 
 void imapd_sess_free(struct imapd_sess *s)
 {
+	server_conn_free(s->conn);
+}
+
+/* The connection goes away: everything but the bufferevent (the
+ * skeleton's). */
+void imapd_sess_release(void *arg)
+{
+	struct imapd_sess *s = arg;
 	struct imapd *d = s->d;
 	if (s->login_pending)
 		lookup_cancel(d->pool, s->login_req);
@@ -94,23 +79,10 @@ void imapd_sess_free(struct imapd_sess *s)
 	imapd_idle_stop(s);
 	imapd_fetch_free(&s->fetch);
 	imapd_unselect(s);
-	if (s->close_ev != NULL)
-		event_free(s->close_ev);
 	if (s->login_deadline != NULL)
 		event_free(s->login_deadline);
-	if (s->bev != NULL)
-		bufferevent_free(s->bev);
 	xfree(&s->cmd);
-	if (s->prev != NULL)
-		s->prev->next = s->next;
-	else
-		d->sessions = s->next;
-	if (s->next != NULL)
-		s->next->prev = s->prev;
-	d->n_sessions--;
 	xfree(&s);
-	if (d->shutting_down && d->n_sessions == 0)
-		event_base_loopexit(d->base, NULL);
 }
 
 void imapd_set_timeout(struct imapd_sess *s)
@@ -333,41 +305,34 @@ void imapd_read_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
+/* The tagged OK to STARTTLS is written: TLS on the same socket. What the
+ * client sent behind STARTTLS in plaintext goes with the old bufferevent
+ * (CVE-2011-0411 class). */
 static void imapd_start_tls(struct imapd_sess *s)
 {
-	struct evbuffer *in = bufferevent_get_input(s->bev);
-	evbuffer_drain(in, evbuffer_get_length(in));
-	SSL *ssl = SSL_new(s->d->ctx->tls);
-	if (ssl == NULL) {
+	int rc = server_conn_starttls(s->conn);
+
+	s->bev = s->conn->bev;
+	if (rc < 0) {
 		imapd_sess_free(s);
 		return;
 	}
-	struct bufferevent *tb = bufferevent_openssl_filter_new(s->d->base, s->bev, ssl,
-	    BUFFEREVENT_SSL_ACCEPTING, BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (tb == NULL) {
-		SSL_free(ssl);
-		imapd_sess_free(s);
-		return;
-	}
-	bufferevent_openssl_set_allow_dirty_shutdown(tb, 1);
-	/* the filter moves output into the socket bufferevent only up to this
-	 * mark, so flow control (and FETCH streaming) still sees the backlog */
-	bufferevent_setwatermark(s->bev, EV_WRITE, 0, IMAPD_OUT_HIGH);
-	s->bev = tb;
 	s->tls = 1;
 	s->starttls_pending = 0;
 	imapd_cmd_reset(s);
-	bufferevent_setcb(tb, imapd_read_cb, imapd_write_cb, imapd_event_cb, s);
 	imapd_set_timeout(s);
-	bufferevent_enable(tb, EV_READ | EV_WRITE);
 }
 
-void imapd_write_cb(struct bufferevent *bev, void *arg)
+void imapd_on_read(void *arg)
 {
 	struct imapd_sess *s = arg;
-	(void)bev;
-	if (s->closing)
-		return;  /* imapd_close_cb frees the session */
+	imapd_read_cb(s->bev, s);
+}
+
+/* Not called once the session is closing (the skeleton frees it). */
+void imapd_on_write(void *arg)
+{
+	struct imapd_sess *s = arg;
 	if (s->fetch != NULL) {
 		if (!imapd_fetch_pump(s))
 			return;
@@ -388,25 +353,18 @@ void imapd_write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
-void imapd_event_cb(struct bufferevent *bev, short what, void *arg)
+/* EOF, error or timeout of a session that is not closing yet. */
+void imapd_on_event(void *arg, short what)
 {
 	struct imapd_sess *s = arg;
-	(void)bev;
 	if (what & BEV_EVENT_TIMEOUT) {
 		log_event(LOG_LVL_INFO, "imap.timeout", "client", s->ip, "user", s->user[0] ? s->user : NULL, NULL);
-		if (!s->closing) {
-			if (s->fetch == NULL)   /* else it would land inside a literal */
-				imapd_printf(s, "* BYE Autologout; idle for too long");
-			s->closing = 1;
-			bufferevent_disable(s->bev, EV_READ);
-			bufferevent_set_timeouts(s->bev, NULL, NULL);
-			struct timeval tv = { 5, 0 };
-			bufferevent_set_timeouts(s->bev, NULL, &tv);
-			bufferevent_enable(s->bev, EV_WRITE);
-			return;
-		}
+		if (s->fetch == NULL)   /* else it would land inside a literal */
+			imapd_printf(s, "* BYE Autologout; idle for too long");
+		imapd_close(s);          /* the reply gets 5 s to be written */
+		return;
 	}
-	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR | BEV_EVENT_TIMEOUT))
+	if (what & (BEV_EVENT_EOF | BEV_EVENT_ERROR))
 		imapd_sess_free(s);
 }
 

@@ -15,6 +15,7 @@
 #include "auth/brake.h"
 #include "imap/imap_mbox.h"
 #include "imap/imap_parse.h"
+#include "lib/server.h"
 #include "lookup/lookup.h"
 #include "lib/proc.h"
 #include "store/store.h"
@@ -36,8 +37,8 @@ struct imapd;
 
 struct imapd_sess {
 	struct imapd *d;
-	struct imapd_sess *next, *prev;
-	struct bufferevent *bev;
+	struct server_conn *conn;      /* the skeleton's connection (lib/server.h) */
+	struct bufferevent *bev;       /* conn->bev */
 	char ip[64];
 	int tls, can_starttls;
 	enum imapd_state state;
@@ -66,7 +67,6 @@ struct imapd_sess {
 	struct imapd_fetch *fetch; /* a FETCH still being written: commands wait */
 	uint64_t login_req;
 	int closing;
-	struct event *close_ev;
 	struct event *login_deadline;  /* not authenticated: at most 2 x command_timeout */
 	int errors, bad_logins;
 	/* the brute-force brake: a login waiting for its delay */
@@ -81,13 +81,8 @@ struct imapd {
 	struct kale_ctx *ctx;
 	struct event_base *base;
 	store *st;
-	struct evconnlistener *lis[32];
-	int n_lis;
-	struct imapd_sess *sessions;
-	int n_sessions;
+	struct server *server;      /* listeners, limits, TLS, drain (lib/server.h) */
 	struct lookup_pool *pool;   /* password checks off the loop */
-	int shutting_down;
-	struct event *sig_term, *sig_int, *shutdown_timer;
 };
 
 /* A FETCH still being written (imapd_fetch.c); opaque to the other files. */
@@ -106,11 +101,15 @@ void imapd_printf(struct imapd_sess *s, const char *fmt, ...) __attribute__((for
 /* Closes once the output is written; never frees synchronously. */
 void imapd_close(struct imapd_sess *s);
 void imapd_bad(struct imapd_sess *s, const char *tag, const char *text);
+/* Frees now (through the skeleton, which calls imapd_sess_release). */
 void imapd_sess_free(struct imapd_sess *s);
 void imapd_set_timeout(struct imapd_sess *s);
 void imapd_read_cb(struct bufferevent *bev, void *arg);
-void imapd_write_cb(struct bufferevent *bev, void *arg);
-void imapd_event_cb(struct bufferevent *bev, short what, void *arg);
+/* The skeleton's callbacks (lib/server.h: struct server_ops). */
+void imapd_on_read(void *arg);
+void imapd_on_write(void *arg);
+void imapd_on_event(void *arg, short what);
+void imapd_sess_release(void *arg);
 void imapd_on_login_deadline(evutil_socket_t fd, short what, void *arg);
 
 /* imapd_auth.c: capabilities, STARTTLS, LOGIN, AUTHENTICATE, the brake */

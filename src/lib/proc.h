@@ -33,7 +33,7 @@ struct kale_ctx {
 	int n_ls;
 	SSL_CTX *tls;              /* server context with the configured cert */
 	int worker_id;             /* 0.. for smtpd workers */
-	void *conn_table;          /* shared-memory connection counter (smtpd) */
+	void *conn_table;          /* this service's shared connection table (lib/conntable.h) */
 	struct brake *brake;       /* shared brute-force brake (smtpd, pop3d, imapd) */
 };
 

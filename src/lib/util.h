@@ -37,4 +37,10 @@ int util_drop_privs(uid_t uid, gid_t gid, const char **error_r);
 uint64_t util_now_ms(void);
 uint64_t util_now_us(void);
 
+/* pwrite of all n bytes at off (EINTR retried; a zero write is EIO); 0 or -1
+ * with errno. The fd's file position does not move. */
+int fs_pwrite_all(int fd, const void *buf, size_t n, off_t off);
+/* pread n bytes at off; a short file is -1 with errno EIO. 0 or -1. */
+int fs_pread_all(int fd, void *buf, size_t n, off_t off);
+
 #endif

@@ -146,7 +146,7 @@ int mime_is_message(const struct mime_part *p)
 
 /* ---- Content-Type style values: token/token; a=b; c="d" ---- */
 
-static void mime_skip_cfws(const char **sp)
+void mime_skip_cfws(const char **sp)
 {
 	const char *s = *sp;
 	for (;;) {

@@ -57,5 +57,8 @@ const char *mime_param_get(const struct mime_param *p, size_t n, const char *nam
 /* Multipart? message/rfc822 (or message/global)? */
 int mime_is_multipart(const struct mime_part *p);
 int mime_is_message(const struct mime_part *p);
+/* Moves *sp past folding white space (SP, HT, CR, LF) and RFC 5322 comments
+ * "( ... )" (nested, with \-quoted characters); an open comment ends at NUL. */
+void mime_skip_cfws(const char **sp);
 
 #endif

@@ -36,7 +36,7 @@
 #include "master/kaled.h"
 #include "queue/queue_file.h"
 #include "sendmail/maildrop.h"
-#include "smtpd/conntable.h"
+#include "lib/conntable.h"
 #include "auth/brake.h"
 #include "store/store.h"
 
@@ -70,7 +70,8 @@ struct master {
 	struct kale_listener ls[MASTER_MAX_LISTENERS];
 	int n_ls;
 	SSL_CTX *tls;
-	struct conntable *conns;
+	struct conntable *conns;   /* smtpd workers', one row each */
+	struct conntable *conns_pop3, *conns_imap;   /* one row: pop3d's, imapd's */
 	struct brake *brake;       /* shared by every child: never reset on restart */
 	int nworkers;
 	struct master_slot slot[MASTER_MAX_SLOTS];
@@ -630,6 +631,17 @@ static void master_child_fds(struct master *m, enum master_role role)
 	close_range((unsigned)from, ~0U, 0);
 }
 
+/* The connection table a role counts its sessions in (NULL: none). */
+static struct conntable *master_conns(struct master *m, enum master_role role)
+{
+	switch (role) {
+	case ROLE_SMTPD: return m->conns;
+	case ROLE_POP3D: return m->conns_pop3;
+	case ROLE_IMAPD: return m->conns_imap;
+	default: return NULL;
+	}
+}
+
 static void master_start(struct master *m, struct master_slot *s)
 {
 	struct kale_ctx ctx;
@@ -638,8 +650,7 @@ static void master_start(struct master *m, struct master_slot *s)
 	/* Two queue managers must never run at once. */
 	if (s->role == ROLE_QMGR && master_retired_role(m, ROLE_QMGR))
 		return;
-	if (s->role == ROLE_SMTPD)
-		conntable_reset_worker(m->conns, s->worker_id);
+	conntable_reset_worker(master_conns(m, s->role), s->worker_id);
 	pid = fork();
 	if (pid < 0) {
 		log_event(LOG_LVL_ERROR, "master.fork", "error", strerror(errno), NULL);
@@ -686,7 +697,7 @@ static void master_start(struct master *m, struct master_slot *s)
 		ctx.n_ls = m->n_ls;
 		ctx.tls = m->tls;
 		ctx.worker_id = s->worker_id;
-		ctx.conn_table = m->conns;
+		ctx.conn_table = master_conns(m, s->role);
 		ctx.brake = m->brake;
 		switch (s->role) {
 		case ROLE_SMTPD: rc = smtpd_main(&ctx); break;
@@ -1213,7 +1224,9 @@ int master_run(const char *path)
 	if (m->nworkers > 64)
 		m->nworkers = 64;
 	m->conns = conntable_create(m->nworkers, m->cfg.max_connections);
-	if (m->conns == NULL) {
+	m->conns_pop3 = conntable_create(1, m->cfg.max_connections);
+	m->conns_imap = conntable_create(1, m->cfg.max_connections);
+	if (m->conns == NULL || m->conns_pop3 == NULL || m->conns_imap == NULL) {
 		error = xstrdup("cannot map the connection table");
 		goto fail;
 	}

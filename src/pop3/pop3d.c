@@ -18,13 +18,13 @@
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
 #include <event2/event.h>
-#include <event2/listener.h>
 #include <openssl/err.h>
 #include <openssl/ssl.h>
 
 #include "conf/conf.h"
 #include "deliver/deliver.h"
 #include "lib/log.h"
+#include "lib/server.h"
 #include "lib/util.h"
 #include "lib/proc.h"
 #include "pop3/pop3_mbox.h"
@@ -50,9 +50,9 @@ enum pop3d_state {
 struct pop3d;
 
 struct pop3d_session {
-	TAILQ_ENTRY(pop3d_session) link;
 	struct pop3d *srv;
-	struct bufferevent *bev;
+	struct server_conn *conn;      /* the skeleton's connection (lib/server.h) */
+	struct bufferevent *bev;       /* conn->bev */
 	char ip[INET6_ADDRSTRLEN];
 	const char *listener;          /* name of the listener it came in on */
 	int tls;                       /* TLS is up (pop3s, or after STLS) */
@@ -75,14 +75,6 @@ struct pop3d_session {
 	uint32_t retrieved;
 };
 
-TAILQ_HEAD(pop3d_sessions, pop3d_session);
-
-struct pop3d_listener {
-	struct pop3d *srv;
-	const struct kale_listener *kl;
-	struct evconnlistener *l;
-};
-
 struct pop3d {
 	struct kale_ctx *ctx;
 	const struct kale_config *cfg;
@@ -90,12 +82,8 @@ struct pop3d {
 	store *st;
 	int log_dirty;
 	struct lookup_pool *pool;      /* password checks off the loop */
-	struct pop3d_listener *lis;
-	int n_lis;
-	struct event *ev_term, *ev_flush, *ev_stop;
-	struct pop3d_sessions sessions;
-	int n_sessions;
-	int stopping;
+	struct server *server;         /* listeners, limits, TLS, drain */
+	struct event *ev_flush;
 };
 
 struct pop3d_cmd_def {
@@ -105,10 +93,6 @@ struct pop3d_cmd_def {
 };
 
 static void pop3d_process(struct pop3d_session *s);
-static void pop3d_after(struct pop3d_session *s);
-static void pop3d_on_read(struct bufferevent *bev, void *arg);
-static void pop3d_on_write(struct bufferevent *bev, void *arg);
-static void pop3d_on_event(struct bufferevent *bev, short what, void *arg);
 
 /* ---- replies ---- */
 
@@ -139,8 +123,7 @@ static void pop3d_close(struct pop3d_session *s)
 	if (s->delay != NULL)
 		event_del(s->delay);
 	s->busy = 0;
-	bufferevent_disable(s->bev, EV_READ);
-	bufferevent_setwatermark(s->bev, EV_WRITE, 0, 0);
+	server_conn_close(s->conn);
 }
 
 static void pop3d_err(struct pop3d_session *s, const char *text)
@@ -173,8 +156,11 @@ static void pop3d_maillog(struct pop3d_session *s, const char *user, const char 
 
 /* ---- session lifetime ---- */
 
-static void pop3d_session_free(struct pop3d_session *s)
+/* The skeleton's on_free: the connection goes away (it frees the
+ * bufferevent). */
+static void pop3d_session_release(void *arg)
 {
+	struct pop3d_session *s = arg;
 	struct pop3d *srv = s->srv;
 
 	if (s->login_pending)
@@ -190,14 +176,8 @@ static void pop3d_session_free(struct pop3d_session *s)
 	if (s->login_deadline != NULL)
 		event_free(s->login_deadline);
 	pop3_mbox_free(&s->mb);
-	if (s->bev != NULL)
-		bufferevent_free(s->bev);
-	TAILQ_REMOVE(&srv->sessions, s, link);
-	srv->n_sessions--;
 	explicit_bzero(s, sizeof(*s));
 	free(s);
-	if (srv->stopping && srv->n_sessions == 0)
-		event_base_loopexit(srv->base, NULL);
 }
 
 static void pop3d_bev_setup(struct pop3d_session *s)
@@ -207,48 +187,20 @@ static void pop3d_bev_setup(struct pop3d_session *s)
 
 	tv.tv_sec = t;
 	tv.tv_usec = 0;
-	bufferevent_setcb(s->bev, pop3d_on_read, pop3d_on_write, pop3d_on_event, s);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, POP3D_IN_HIGH);
 	bufferevent_setwatermark(s->bev, EV_WRITE, POP3D_OUT_LOW, 0);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
 
-/* Makes a TLS bufferevent on fd (which it then owns). NULL on failure
- * (fd closed). */
-static struct bufferevent *pop3d_tls_bev(struct pop3d *srv, int fd)
-{
-	struct bufferevent *bev;
-	SSL *ssl = SSL_new(srv->ctx->tls);
-
-	if (ssl == NULL) {
-		close(fd);
-		return NULL;
-	}
-	bev = bufferevent_openssl_socket_new(srv->base, fd, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (bev == NULL) {
-		SSL_free(ssl);
-		close(fd);
-		return NULL;
-	}
-	bufferevent_openssl_set_allow_dirty_shutdown(bev, 1);
-	return bev;
-}
-
-/* STLS was answered and flushed: start TLS on the same socket. Whatever the
- * client sent behind STLS in plaintext is thrown away with the old
- * bufferevent (CVE-2011-0411); later bytes must be a TLS handshake. */
+/* STLS was answered and flushed: start TLS on the same socket (the
+ * skeleton throws away whatever plaintext the client sent behind STLS). */
 static int pop3d_start_tls(struct pop3d_session *s)
 {
-	int fd = dup(bufferevent_getfd(s->bev));
+	int rc = server_conn_starttls(s->conn);
 
-	bufferevent_free(s->bev);
-	s->bev = NULL;
-	if (fd < 0)
-		return -1;
-	s->bev = pop3d_tls_bev(s->srv, fd);
-	if (s->bev == NULL)
+	s->bev = s->conn->bev;
+	if (rc < 0)
 		return -1;
 	s->tls = 1;
 	s->tls_pending = 0;
@@ -371,7 +323,6 @@ static void pop3d_delay_done(evutil_socket_t fd, short what, void *arg)
 	if (pass != NULL)
 		explicit_bzero(pass, strlen(pass));
 	free(pass);
-	pop3d_after(s);
 }
 
 struct pop3d_login_job {
@@ -407,7 +358,6 @@ static void pop3d_login_job_done(void *arg, int cancelled)
 		pop3d_pass_finish(s, rc);
 		pop3d_process(s);
 	}
-	pop3d_after(s);          /* may free s: last */
 }
 
 static void pop3d_cmd_pass(struct pop3d_session *s, struct pop3_cmd *cmd)
@@ -758,60 +708,40 @@ static void pop3d_process(struct pop3d_session *s)
 	}
 }
 
-/* Frees a closing session whose output is flushed. */
-static void pop3d_after(struct pop3d_session *s)
+/* The skeleton's callbacks (a closing session gets none of them). */
+static void pop3d_on_read(void *arg)
 {
-	if (s->state == POP3D_ST_CLOSING &&
-	    evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
-		pop3d_session_free(s);
+	pop3d_process(arg);
 }
 
-static void pop3d_on_read(struct bufferevent *bev, void *arg)
+static void pop3d_on_write(void *arg)
 {
 	struct pop3d_session *s = arg;
+	int empty = evbuffer_get_length(bufferevent_get_output(s->bev)) == 0;
 
-	(void)bev;
-	pop3d_process(s);
-	pop3d_after(s);
-}
-
-static void pop3d_on_write(struct bufferevent *bev, void *arg)
-{
-	struct pop3d_session *s = arg;
-	int empty = evbuffer_get_length(bufferevent_get_output(bev)) == 0;
-
-	if (s->state == POP3D_ST_CLOSING) {
-		if (empty)
-			pop3d_session_free(s);
-		return;
-	}
 	if (s->tls_pending) {
 		if (empty && pop3d_start_tls(s) < 0) {
 			log_event(LOG_LVL_WARN, "pop3.tls_failed", "client", s->ip, NULL);
-			pop3d_session_free(s);
+			server_conn_free(s->conn);
 		}
 		return;
 	}
 	if (s->xfer_fd >= 0)
 		pop3d_pump(s);
 	pop3d_process(s);
-	pop3d_after(s);
 }
 
-static void pop3d_on_event(struct bufferevent *bev, short what, void *arg)
+static void pop3d_on_event(void *arg, short what)
 {
 	struct pop3d_session *s = arg;
+	struct bufferevent *bev = s->bev;
 
-	(void)bev;
-	if (what & BEV_EVENT_CONNECTED)
-		return; /* TLS handshake done */
 	if ((what & BEV_EVENT_TIMEOUT) && (what & BEV_EVENT_READING) &&
 	    s->state != POP3D_ST_CLOSING) {
 		log_event(LOG_LVL_INFO, "pop3.timeout", "client", s->ip,
 		    "user", s->login[0] ? s->login : NULL, NULL);
 		pop3d_printf(s, "-ERR [SYS/TEMP] autologout: idle for too long");
 		pop3d_close(s);
-		pop3d_after(s);
 		return;
 	}
 	if (what & BEV_EVENT_ERROR) {
@@ -824,7 +754,7 @@ static void pop3d_on_event(struct bufferevent *bev, short what, void *arg)
 	}
 	/* EOF, error or write timeout: the session ends without UPDATE, so
 	 * nothing marked with DELE is removed (RFC 1939 section 6). */
-	pop3d_session_free(s);
+	server_conn_free(s->conn);
 }
 
 /* A client that trickles bytes keeps resetting the idle timeout; before
@@ -842,173 +772,90 @@ static void pop3d_on_login_deadline(evutil_socket_t fd, short what, void *arg)
 		pop3d_printf(s, "-ERR [SYS/TEMP] login timeout");
 	s->tls_pending = 0;
 	pop3d_close(s);
-	pop3d_after(s);
 }
 
-/* ---- listeners ---- */
+/* ---- connections (lib/server.c accepts, counts and drains) ---- */
 
-static int pop3d_count_ip(struct pop3d *srv, const char *ip)
+static const char *pop3d_on_refuse(void *owner, const struct server_conn *c,
+    enum server_refusal why)
 {
-	struct pop3d_session *s;
-	int n = 0;
-
-	TAILQ_FOREACH(s, &srv->sessions, link)
-		if (strcmp(s->ip, ip) == 0)
-			n++;
-	return n;
-}
-
-static void pop3d_refuse(int fd, int tls, const char *text)
-{
-	if (!tls)
-		(void)send(fd, text, strlen(text), MSG_DONTWAIT | MSG_NOSIGNAL);
-	close(fd);
-}
-
-static void pop3d_on_accept(struct evconnlistener *l, evutil_socket_t fd,
-    struct sockaddr *sa, int salen, void *arg)
-{
-	struct pop3d_listener *pl = arg;
-	struct pop3d *srv = pl->srv;
-	const struct kale_config *cfg = srv->cfg;
-	struct sockaddr_storage ss;
-	struct pop3d_session *s;
-	struct bufferevent *bev;
-	char ip[INET6_ADDRSTRLEN] = "unknown";
-	int tls = pl->kl->implicit_tls || pl->kl->kind == LISTEN_POP3S;
-	int max = cfg->max_connections > 0 ? cfg->max_connections : 1000;
-	int max_ip = cfg->max_connections_per_ip > 0 ? cfg->max_connections_per_ip : 20;
-
-	(void)l;
-	memset(&ss, 0, sizeof(ss));
-	if (salen > 0)
-		memcpy(&ss, sa, (size_t)salen < sizeof(ss) ? (size_t)salen : sizeof(ss));
-	if (ss.ss_family == AF_INET)
-		(void)inet_ntop(AF_INET, &((struct sockaddr_in *)&ss)->sin_addr, ip, sizeof(ip));
-	else if (ss.ss_family == AF_INET6)
-		(void)inet_ntop(AF_INET6, &((struct sockaddr_in6 *)&ss)->sin6_addr, ip, sizeof(ip));
-	if (srv->stopping) {
-		pop3d_refuse(fd, tls, "-ERR [SYS/TEMP] server shutting down\r\n");
-		return;
-	}
-	if (srv->n_sessions >= max) {
-		log_event(LOG_LVL_WARN, "pop3.refused", "client", ip, "reason", "max_connections", NULL);
-		pop3d_refuse(fd, tls, "-ERR [SYS/TEMP] too many connections\r\n");
-		return;
-	}
-	if (pop3d_count_ip(srv, ip) >= max_ip) {
-		log_event(LOG_LVL_WARN, "pop3.refused", "client", ip, "reason",
+	(void)owner;
+	switch (why) {
+	case SERVER_REFUSE_STOPPING:
+		return "-ERR [SYS/TEMP] server shutting down\r\n";
+	case SERVER_REFUSE_TOTAL:
+		log_event(LOG_LVL_WARN, "pop3.refused", "client", c->ip, "reason", "max_connections", NULL);
+		return "-ERR [SYS/TEMP] too many connections\r\n";
+	case SERVER_REFUSE_PER_IP:
+		log_event(LOG_LVL_WARN, "pop3.refused", "client", c->ip, "reason",
 		    "max_connections_per_ip", NULL);
-		pop3d_refuse(fd, tls, "-ERR [SYS/TEMP] too many connections from your address\r\n");
-		return;
+		return "-ERR [SYS/TEMP] too many connections from your address\r\n";
+	case SERVER_REFUSE_NO_TLS:
+		break;
 	}
-	if (tls) {
-		if (srv->ctx->tls == NULL) {
-			close(fd);
-			return;
-		}
-		bev = pop3d_tls_bev(srv, fd);
-	} else {
-		bev = bufferevent_socket_new(srv->base, fd,
-		    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-		if (bev == NULL)
-			close(fd);
-	}
-	if (bev == NULL) {
-		log_event(LOG_LVL_ERROR, "pop3.accept_failed", "client", ip, NULL);
-		return;
-	}
-	s = xcalloc(1, sizeof(*s));
+	return NULL;
+}
+
+static void *pop3d_on_accept(void *owner, struct server_conn *c)
+{
+	struct pop3d *srv = owner;
+	const struct kale_config *cfg = srv->cfg;
+	const struct kale_listener *kl = c->ldata;
+	struct pop3d_session *s = xcalloc(1, sizeof(*s));
+
 	s->srv = srv;
-	s->bev = bev;
-	s->tls = tls;
+	s->conn = c;
+	s->bev = c->bev;
+	s->tls = c->tls;
 	s->state = POP3D_ST_AUTH;
 	s->xfer_fd = -1;
-	s->listener = pl->kl->name;
-	memcpy(s->ip, ip, sizeof(s->ip));
-	TAILQ_INSERT_TAIL(&srv->sessions, s, link);
-	srv->n_sessions++;
+	s->listener = kl->name;
+	(void)util_fmt(s->ip, sizeof(s->ip), "%s", c->ip);
 	pop3d_bev_setup(s);
 	s->login_deadline = evtimer_new(srv->base, pop3d_on_login_deadline, s);
 	if (s->login_deadline != NULL) {
 		struct timeval tv = { 2 * (cfg->command_timeout > 0 ? cfg->command_timeout : 300), 0 };
 		evtimer_add(s->login_deadline, &tv);
 	}
-	log_event(LOG_LVL_DEBUG, "pop3.connect", "client", ip, "listener", s->listener, NULL);
+	log_event(LOG_LVL_DEBUG, "pop3.connect", "client", s->ip, "listener", s->listener, NULL);
 	pop3d_printf(s, "+OK %s POP3 server ready",
 	    cfg->hostname != NULL ? cfg->hostname : "kale");
-}
-
-static void pop3d_listener_resume(evutil_socket_t fd, short what, void *arg)
-{
-	struct pop3d_listener *pl = arg;
-
-	(void)fd;
-	(void)what;
-	if (pl->l != NULL && !pl->srv->stopping)
-		evconnlistener_enable(pl->l);
-}
-
-/* accept() failed (EMFILE, ENFILE, ENOBUFS...): pause this listener for a
- * second instead of spinning. */
-static void pop3d_on_accept_error(struct evconnlistener *l, void *arg)
-{
-	struct pop3d_listener *pl = arg;
-	struct timeval tv = { 1, 0 };
-	int e = EVUTIL_SOCKET_ERROR();
-
-	log_event(LOG_LVL_WARN, "pop3.accept_error", "listener", pl->kl->name,
-	    "error", evutil_socket_error_to_string(e), NULL);
-	evconnlistener_disable(l);
-	(void)event_base_once(pl->srv->base, -1, EV_TIMEOUT, pop3d_listener_resume, pl, &tv);
+	return s;
 }
 
 /* ---- process lifetime ---- */
 
-static void pop3d_on_stop_timer(evutil_socket_t fd, short what, void *arg)
+/* SIGTERM: the skeleton has closed the listeners; every open session is
+ * told, then closed once its reply is written. */
+static void pop3d_on_drain(void *owner, int hard)
 {
-	struct pop3d *srv = arg;
-
-	(void)fd;
-	(void)what;
-	event_base_loopbreak(srv->base);
-}
-
-static void pop3d_on_signal(evutil_socket_t sig, short what, void *arg)
-{
-	struct pop3d *srv = arg;
-	struct pop3d_session *s, *next;
-	struct timeval tv = { POP3D_STOP_GRACE_S, 0 };
-
-	(void)sig;
-	(void)what;
-	if (srv->stopping)
-		return;
-	srv->stopping = 1;
+	(void)owner;
+	(void)hard;
 	log_event(LOG_LVL_INFO, "pop3.stopping", NULL);
-	for (int i = 0; i < srv->n_lis; i++) {
-		if (srv->lis[i].l != NULL)
-			evconnlistener_free(srv->lis[i].l);
-		srv->lis[i].l = NULL;
-	}
-	if (srv->n_sessions == 0) {
-		event_base_loopexit(srv->base, NULL);
-		return;
-	}
-	for (s = TAILQ_FIRST(&srv->sessions); s != NULL; s = next) {
-		next = TAILQ_NEXT(s, link);
-		if (s->state == POP3D_ST_CLOSING || s->bev == NULL)
-			continue;
-		if (!s->tls_pending)
-			pop3d_printf(s, "-ERR [SYS/TEMP] server shutting down");
-		s->tls_pending = 0;
-		pop3d_close(s);
-		pop3d_after(s);
-	}
-	srv->ev_stop = evtimer_new(srv->base, pop3d_on_stop_timer, srv);
-	if (srv->ev_stop == NULL || evtimer_add(srv->ev_stop, &tv) < 0)
-		event_base_loopbreak(srv->base);
 }
+
+static void pop3d_on_stop(void *arg)
+{
+	struct pop3d_session *s = arg;
+
+	if (s->state == POP3D_ST_CLOSING)
+		return;
+	if (!s->tls_pending)
+		pop3d_printf(s, "-ERR [SYS/TEMP] server shutting down");
+	s->tls_pending = 0;
+	pop3d_close(s);
+}
+
+static const struct server_ops pop3d_server_ops = {
+	.on_accept = pop3d_on_accept,
+	.on_refuse = pop3d_on_refuse,
+	.on_read = pop3d_on_read,
+	.on_write = pop3d_on_write,
+	.on_event = pop3d_on_event,
+	.on_free = pop3d_session_release,
+	.on_drain = pop3d_on_drain,
+	.on_stop = pop3d_on_stop,
+};
 
 static void pop3d_on_flush(evutil_socket_t fd, short what, void *arg)
 {
@@ -1024,11 +871,12 @@ int pop3d_main(struct kale_ctx *ctx)
 {
 	struct pop3d srv;
 	struct timeval one = { 1, 0 };
+	struct server_params sp;
+	const char *serr = NULL;
 	char *err = NULL;
 	int ret = 1;
 
 	memset(&srv, 0, sizeof(srv));
-	TAILQ_INIT(&srv.sessions);
 	srv.ctx = ctx;
 	srv.cfg = ctx->cfg;
 	log_set_proc("pop3d");
@@ -1048,10 +896,24 @@ int pop3d_main(struct kale_ctx *ctx)
 		log_event(LOG_LVL_WARN, "pop3.pool", "error", err, "note", "password checks on the loop", NULL);
 		xfree(&err);
 	}
-	srv.lis = xcalloc((size_t)(ctx->n_ls > 0 ? ctx->n_ls : 1), sizeof(*srv.lis));
+	memset(&sp, 0, sizeof(sp));
+	sp.name = "pop3";
+	sp.base = srv.base;
+	sp.tls = ctx->tls;
+	sp.conns = ctx->conn_table;
+	sp.max_conns = srv.cfg->max_connections > 0 ? srv.cfg->max_connections : 1000;
+	sp.max_conns_per_ip = srv.cfg->max_connections_per_ip > 0 ? srv.cfg->max_connections_per_ip : 20;
+	sp.term_grace_s = POP3D_STOP_GRACE_S;
+	sp.ops = &pop3d_server_ops;
+	sp.owner = &srv;
+	srv.server = server_new(&sp, &serr);
+	if (srv.server == NULL) {
+		log_event(LOG_LVL_ERROR, "pop3.event_failed", "error", serr, NULL);
+		goto cleanup;
+	}
 	for (int i = 0; i < ctx->n_ls; i++) {
 		const struct kale_listener *kl = &ctx->ls[i];
-		struct pop3d_listener *pl;
+		struct server_listen sl;
 
 		if (kl->kind != LISTEN_POP3 && kl->kind != LISTEN_POP3S)
 			continue;
@@ -1059,25 +921,19 @@ int pop3d_main(struct kale_ctx *ctx)
 			log_event(LOG_LVL_ERROR, "pop3.no_tls", "listener", kl->name, NULL);
 			continue;
 		}
-		pl = &srv.lis[srv.n_lis];
-		pl->srv = &srv;
-		pl->kl = kl;
-		pl->l = evconnlistener_new(srv.base, pop3d_on_accept, pl,
-		    LEV_OPT_CLOSE_ON_FREE | LEV_OPT_CLOSE_ON_EXEC, 0, kl->fd);
-		if (pl->l == NULL) {
+		sl.fd = kl->fd;
+		sl.implicit_tls = kl->implicit_tls || kl->kind == LISTEN_POP3S;
+		sl.name = kl->name;
+		sl.data = (void *)kl;
+		if (server_listen(srv.server, &sl, &serr) < 0) {
 			log_event(LOG_LVL_ERROR, "pop3.listen_failed", "listener", kl->name, NULL);
 			goto cleanup;
 		}
-		evconnlistener_set_error_cb(pl->l, pop3d_on_accept_error);
-		srv.n_lis++;
 		log_event(LOG_LVL_INFO, "pop3.listen", "listener", kl->name,
 		    "tls", kl->kind == LISTEN_POP3S ? "implicit" : "stls", NULL);
 	}
-	srv.ev_term = evsignal_new(srv.base, SIGTERM, pop3d_on_signal, &srv);
 	srv.ev_flush = event_new(srv.base, -1, EV_PERSIST, pop3d_on_flush, &srv);
-	if (srv.ev_term == NULL || srv.ev_flush == NULL ||
-	    evsignal_add(srv.ev_term, NULL) < 0 ||
-	    event_add(srv.ev_flush, &one) < 0) {
+	if (srv.ev_flush == NULL || event_add(srv.ev_flush, &one) < 0) {
 		log_event(LOG_LVL_ERROR, "pop3.event_failed", NULL);
 		goto cleanup;
 	}
@@ -1087,19 +943,10 @@ int pop3d_main(struct kale_ctx *ctx)
 	}
 	ret = 0;
 cleanup:
-	while (!TAILQ_EMPTY(&srv.sessions))
-		pop3d_session_free(TAILQ_FIRST(&srv.sessions));
+	server_free(&srv.server);      /* every session, the listeners, the signals */
 	lookup_pool_free(&srv.pool);
-	for (int i = 0; i < srv.n_lis; i++)
-		if (srv.lis[i].l != NULL)
-			evconnlistener_free(srv.lis[i].l);
-	xfree(&srv.lis);
-	if (srv.ev_term != NULL)
-		event_free(srv.ev_term);
 	if (srv.ev_flush != NULL)
 		event_free(srv.ev_flush);
-	if (srv.ev_stop != NULL)
-		event_free(srv.ev_stop);
 	if (srv.st != NULL)
 		store_log_flush(srv.st);
 	store_close(&srv.st);

@@ -184,7 +184,7 @@ static struct qmgr_msg *qmgr_add(struct qmgr *q, const char *qid)
 	if ((m = qmgr_find(q, qid)) != NULL)
 		return m;
 	m = xcalloc(1, sizeof(*m));
-	snprintf(m->qid, sizeof(m->qid), "%s", qid);
+	(void)util_fmt(m->qid, sizeof(m->qid), "%s", qid);   /* valid: at most 24 characters */
 	h = qmgr_hash(qid);
 	m->hnext = q->hash[h];
 	q->hash[h] = m;
@@ -501,13 +501,12 @@ static void qmgr_rcpt(struct qmgr *q, struct qmgr_run *run, int idx,
 		qmgr_fail(q, run, idx, "bounced", 550, "5.1.3", "bad mailbox name", NULL);
 		return;
 	}
-	n = snprintf(prefix, sizeof(prefix), "Return-Path: <%s>\nDelivered-To: %s\n",
-	    run->env.sender, r->addr);
-	if (n < 0 || (size_t)n >= sizeof(prefix))
-		n = 0;
+	/* a prefix that does not fit is left out; the message still goes in */
+	n = util_fmt(prefix, sizeof(prefix), "Return-Path: <%s>\nDelivered-To: %s\n",
+	    run->env.sender, r->addr) < 0 ? 0 : (int)strlen(prefix);
 	if (q->cfg->mailbox_mbox) {
 		char dir[PATH_MAX];
-		snprintf(dir, sizeof(dir), "%s", box);
+		(void)util_fmt(dir, sizeof(dir), "%s", box);   /* both PATH_MAX */
 		*strrchr(dir, '/') = '\0';
 		fs_mkdirs(dir, 0700);
 		if (mbox_deliver(box, run->env.sender, prefix, (size_t)n, run->fd, run->env.body_len, &err) < 0) {
@@ -577,7 +576,7 @@ static int qmgr_enqueue(struct qmgr *q, const char *body, size_t len, const char
 
 	memset(&env, 0, sizeof(env));
 	queue_qid_new(qid);
-	snprintf(env.qid, sizeof(env.qid), "%s", qid);
+	(void)util_fmt(env.qid, sizeof(env.qid), "%s", qid);   /* both 32 bytes */
 	env.version = QUEUE_FORMAT_VERSION;
 	env.arrival = time(NULL);
 	env.client_ip = (char *)"";
@@ -845,7 +844,7 @@ static void qmgr_run_submit(struct qmgr *q, struct qmgr_run *run)
 		for (int off = 0; off < gr->n; off += RELAY_JOB_RCPT_MAX) {
 			struct relay_job *job = &run->jobs[run->n_jobs++];
 			int cnt = gr->n - off < RELAY_JOB_RCPT_MAX ? gr->n - off : RELAY_JOB_RCPT_MAX;
-			snprintf(job->qid, sizeof(job->qid), "%s", run->env.qid);
+			(void)util_fmt(job->qid, sizeof(job->qid), "%s", run->env.qid);   /* both 32 */
 			job->fd = run->fd;
 			job->body_len = run->env.body_len;
 			job->sender = run->env.sender;
@@ -1257,7 +1256,8 @@ static int qmgr_ctl_open(struct qmgr *q)
 
 	memset(&sun, 0, sizeof(sun));
 	sun.sun_family = AF_UNIX;
-	snprintf(sun.sun_path, sizeof(sun.sun_path), "%s", QMGR_SOCK);
+	_Static_assert(sizeof(QMGR_SOCK) <= sizeof(sun.sun_path), "QMGR_SOCK fits sun_path");
+	(void)util_fmt(sun.sun_path, sizeof(sun.sun_path), "%s", QMGR_SOCK);
 	unlink(QMGR_SOCK);
 	fd = socket(AF_UNIX, SOCK_STREAM | SOCK_NONBLOCK | SOCK_CLOEXEC, 0);
 	if (fd < 0 || bind(fd, (struct sockaddr *)&sun, sizeof(sun)) < 0 || chmod(QMGR_SOCK, 0600) < 0 ||
@@ -1417,7 +1417,7 @@ int qmgr_main(struct kale_ctx *ctx)
 	qmgr_scan(&q);
 	{
 		char n[16];
-		snprintf(n, sizeof(n), "%d", q.n_msgs);
+		(void)util_fmt(n, sizeof(n), "%d", q.n_msgs);   /* an int in 16 */
 		log_event(LOG_LVL_INFO, "qmgr.start", "recovered", n, NULL);
 	}
 	event_base_dispatch(q.base);

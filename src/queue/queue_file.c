@@ -71,44 +71,6 @@ static void queue_buf_record(struct queue_buf *b, char type, const char *v, size
 	queue_buf_add(b, "\n", 1);
 }
 
-static int queue_pwrite_all(int fd, const char *p, size_t n, off_t off)
-{
-	while (n > 0) {
-		ssize_t w = pwrite(fd, p, n, off);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w < 0)
-			return -1;
-		if (w == 0) {
-			errno = EIO;
-			return -1;
-		}
-		p += w;
-		n -= (size_t)w;
-		off += w;
-	}
-	return 0;
-}
-
-static int queue_pread_all(int fd, char *p, size_t n, off_t off)
-{
-	while (n > 0) {
-		ssize_t r = pread(fd, p, n, off);
-		if (r < 0 && errno == EINTR)
-			continue;
-		if (r < 0)
-			return -1;
-		if (r == 0) {
-			errno = EIO;
-			return -1;
-		}
-		p += r;
-		n -= (size_t)r;
-		off += r;
-	}
-	return 0;
-}
-
 /* ---- writer ---- */
 
 static const char *queue_str(const char *s)
@@ -203,7 +165,7 @@ int queue_file_finish(int fd, const struct queue_env *env)
 		errno = E2BIG;
 		goto out;
 	}
-	if (queue_pwrite_all(fd, b.data, b.len, (off_t)env->body_len) < 0)
+	if (fs_pwrite_all(fd, b.data, b.len, (off_t)env->body_len) < 0)
 		goto out_undo;
 	/* A retry after a failed attempt may leave bytes past the new end. */
 	if ((uint64_t)st.st_size > env->body_len + b.len &&
@@ -492,7 +454,7 @@ int queue_file_read_env(int fd, struct queue_env *env, const char **error_r)
 		*error_r = "truncated";
 		return -1;
 	}
-	if (queue_pread_all(fd, trailer, sizeof(trailer), (off_t)(size - QUEUE_TRAILER_LEN)) < 0) {
+	if (fs_pread_all(fd, trailer, sizeof(trailer), (off_t)(size - QUEUE_TRAILER_LEN)) < 0) {
 		*error_r = "read error";
 		return -1;
 	}
@@ -509,7 +471,7 @@ int queue_file_read_env(int fd, struct queue_env *env, const char **error_r)
 		return -1;
 	}
 	buf = xmalloc((size_t)env_len);
-	if (queue_pread_all(fd, buf, (size_t)env_len, (off_t)env_off) < 0) {
+	if (fs_pread_all(fd, buf, (size_t)env_len, (off_t)env_off) < 0) {
 		*error_r = "read error";
 		goto out;
 	}

@@ -20,6 +20,7 @@
 #include "lookup/lookup.h"
 #include "mail/hdrscan.h"
 #include "lib/proc.h"
+#include "lib/server.h"
 #include "queue/queue_commit.h"
 #include "smtpd/smtp_parse.h"
 #include "store/store.h"
@@ -86,20 +87,19 @@ struct smtpd_rcptwait {
 
 struct smtpd_session {
 	struct smtpd_worker *w;
-	struct bufferevent *bev;
+	struct server_conn *conn;  /* the skeleton's connection (lib/server.h) */
+	struct bufferevent *bev;   /* conn->bev */
 	struct event *greet_ev;
-	struct event *close_ev;    /* waits for TLS output to reach the socket */
 	struct event *deadline_ev; /* a command, or DATA at SMTPD_MIN_DATA_RATE, has a deadline */
 	uint64_t phase_ms;         /* when the current command or message began */
-	int close_tries;
 	enum smtpd_state state;
 	enum kale_listen_kind kind;
-	int conn_slot;
 	char ip[INET6_ADDRSTRLEN];
 	char helo[256];
 	int esmtp;
 	int helo_done;
 	int tls;
+	int tls_pending;           /* 220 to STARTTLS queued: switch once it is written */
 	int trusted;
 	long local_uid;            /* sendmail.sock: the peer's uid, -1 elsewhere */
 	char local_user[64];       /* and its login name */
@@ -118,7 +118,6 @@ struct smtpd_session {
 	int discard_line;          /* skipping the rest of an over-long line */
 	int busy;                  /* inside smtpd_process */
 	struct smtpd_tx tx;
-	struct smtpd_session *next, *prev;       /* all sessions */
 	struct queue_commit_job commit;          /* in the commit batch */
 };
 
@@ -127,15 +126,9 @@ struct smtpd_worker {
 	const struct kale_config *cfg;
 	struct event_base *base;
 	store *st;
-	struct evconnlistener *lev[16];
-	struct smtpd_lctx { struct smtpd_worker *w; struct kale_listener *l; } lctx[16];
-	int n_lev;
-	struct smtpd_session *sessions;
-	int n_sessions;
+	struct server *server;                  /* listeners, limits, TLS, drain (lib/server.h) */
 	struct queue_commit *qc;                /* the group commit (queue/queue_commit.c) */
 	struct event *flush_ev;
-	struct event *sig_term, *sig_usr2, *stop_ev;
-	int stopping;
 	struct lookup_pool *pool;
 	struct auth_settings auth;   /* cached, re-read at most once a second */
 	uint64_t auth_read_ms;
@@ -177,7 +170,13 @@ void smtpd_local_identity(struct smtpd_session *s, uid_t uid);
 void smtpd_session_start(struct smtpd_session *s);
 void smtpd_process(struct smtpd_session *s);
 void smtpd_close(struct smtpd_session *s);
+/* Frees now (not a session in the commit batch: that one stays). */
 void smtpd_free(struct smtpd_session *s);
+/* The skeleton's callbacks (lib/server.h: struct server_ops). */
+void smtpd_on_read(void *arg);
+void smtpd_on_write(void *arg);
+void smtpd_on_event(void *arg, short what);
+void smtpd_session_release(void *arg);
 
 /* ---------- smtpd_tx.c: the transaction ---------- */
 

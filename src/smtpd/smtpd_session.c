@@ -21,12 +21,8 @@
 
 #include "lib/log.h"
 #include "lib/util.h"
-#include "smtpd/conntable.h"
 #include "smtpd/smtpd_int.h"
 
-static void smtpd_read_cb(struct bufferevent *bev, void *arg);
-static void smtpd_write_cb(struct bufferevent *bev, void *arg);
-static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg);
 static void smtpd_process_loop(struct smtpd_session *s);
 static void smtpd_timeout(struct smtpd_session *s);
 
@@ -130,8 +126,6 @@ static void smtpd_cmd_ehlo(struct smtpd_session *s, char *arg)
 static void smtpd_cmd_starttls(struct smtpd_session *s, char *arg)
 {
 	struct smtpd_worker *w = s->w;
-	struct bufferevent *tbev;
-	SSL *ssl;
 
 	if (s->tls) {
 		smtpd_reply(s, "503 5.5.1 TLS already active");
@@ -141,29 +135,34 @@ static void smtpd_cmd_starttls(struct smtpd_session *s, char *arg)
 		smtpd_reply(s, "501 5.5.4 Syntax: STARTTLS");
 		return;
 	}
-	if (w->ctx->tls == NULL || (ssl = SSL_new(w->ctx->tls)) == NULL) {
+	if (w->ctx->tls == NULL) {
 		smtpd_reply(s, "454 4.7.0 TLS not available");
 		return;
 	}
 	smtpd_reply(s, "220 2.0.0 Ready to start TLS");
 	/* Anything the client pipelined behind STARTTLS is plaintext that must
-	 * not be taken as coming through TLS (CVE-2011-0411): drop it. */
+	 * not be taken as coming through TLS (CVE-2011-0411): drop it now, and
+	 * with the plaintext bufferevent at the switch (smtpd_start_tls). */
 	evbuffer_drain(bufferevent_get_input(s->bev), evbuffer_get_length(bufferevent_get_input(s->bev)));
-	tbev = bufferevent_openssl_filter_new(w->base, s->bev, ssl, BUFFEREVENT_SSL_ACCEPTING,
-	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS);
-	if (tbev == NULL) {
-		SSL_free(ssl);
-		s->state = SMTPD_CLOSING;
+	bufferevent_disable(s->bev, EV_READ);
+	s->tls_pending = 1;
+}
+
+/* The 220 to STARTTLS is written: TLS on the same socket (lib/server.c). */
+static void smtpd_start_tls(struct smtpd_session *s)
+{
+	struct smtpd_worker *w = s->w;
+	struct timeval tv = { w->cfg->command_timeout, 0 };
+	int rc = server_conn_starttls(s->conn);
+
+	s->bev = s->conn->bev;
+	s->tls_pending = 0;
+	if (rc < 0) {
+		smtpd_free(s);
 		return;
 	}
-	s->bev = tbev;
-	bufferevent_setcb(s->bev, smtpd_read_cb, smtpd_write_cb, smtpd_event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, 1024 * 1024);
-	{
-		struct timeval tv = { w->cfg->command_timeout, 0 };
-		bufferevent_set_timeouts(s->bev, &tv, &tv);
-	}
-	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
+	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	s->tls = 1;
 	s->helo_done = 0;
 	s->esmtp = 0;
@@ -404,7 +403,7 @@ static void smtpd_process_loop(struct smtpd_session *s)
 
 	for (;;) {
 		if (s->state == SMTPD_COMMIT || s->state == SMTPD_CLOSING || s->state == SMTPD_GREETING ||
-		    s->state == SMTPD_WAIT)
+		    s->state == SMTPD_WAIT || s->tls_pending)
 			break;
 		if (s->state == SMTPD_BDAT) {
 			/* before the length test: "BDAT 0 LAST" has no bytes to wait for */
@@ -476,7 +475,7 @@ static void smtpd_process_loop(struct smtpd_session *s)
 		smtpd_close(s);
 		return;
 	}
-	if (s->state != SMTPD_COMMIT && s->state != SMTPD_WAIT) {
+	if (s->state != SMTPD_COMMIT && s->state != SMTPD_WAIT && !s->tls_pending) {
 		if (evbuffer_get_length(bufferevent_get_output(s->bev)) > SMTPD_OUT_MAX)
 			bufferevent_disable(s->bev, EV_READ);
 		else
@@ -484,50 +483,19 @@ static void smtpd_process_loop(struct smtpd_session *s)
 	}
 }
 
-/* Bytes not yet handed to the kernel: with TLS, the filter's output moves
- * into the underlying socket bufferevent before it is sent. */
-static size_t smtpd_out_pending(struct smtpd_session *s)
-{
-	struct bufferevent *under = bufferevent_get_underlying(s->bev);
-	size_t n = evbuffer_get_length(bufferevent_get_output(s->bev));
-
-	if (under)
-		n += evbuffer_get_length(bufferevent_get_output(under));
-	return n;
-}
-
-static void smtpd_close_cb(evutil_socket_t fd, short what, void *arg)
-{
-	struct smtpd_session *s = arg;
-	struct timeval tv = { 0, 20000 };
-
-	(void)fd;
-	(void)what;
-	if (smtpd_out_pending(s) == 0 || ++s->close_tries > 250) {
-		smtpd_free(s);
-		return;
-	}
-	evtimer_add(s->close_ev, &tv);
-}
-
-/* Frees the session once its last reply has left. */
+/* Frees the session once its last reply has left (the skeleton gives the
+ * flush 5 s: server_params.close_timeout_s). Never frees synchronously. */
 void smtpd_close(struct smtpd_session *s)
 {
-	if (smtpd_out_pending(s) == 0) {
-		smtpd_free(s);
-		return;
-	}
-	if (s->close_ev == NULL) {
-		s->close_ev = evtimer_new(s->w->base, smtpd_close_cb, s);
-		smtpd_close_cb(-1, 0, s);
-	}
+	server_conn_close(s->conn);
 }
 
-static void smtpd_read_cb(struct bufferevent *bev, void *arg)
+void smtpd_on_read(void *arg)
 {
 	struct smtpd_session *s = arg;
 
-	(void)bev;
+	if (s->tls_pending)
+		return;
 	if (s->state == SMTPD_GREETING) {
 		/* Talking before the greeting: a spambot that does not wait. */
 		smtpd_reply(s, "554 5.5.0 Protocol error: talking before the greeting");
@@ -539,13 +507,17 @@ static void smtpd_read_cb(struct bufferevent *bev, void *arg)
 	smtpd_process(s);
 }
 
-static void smtpd_write_cb(struct bufferevent *bev, void *arg)
+void smtpd_on_write(void *arg)
 {
 	struct smtpd_session *s = arg;
 
-	(void)bev;
 	if (s->state == SMTPD_CLOSING) {
 		smtpd_close(s);
+		return;
+	}
+	if (s->tls_pending) {
+		if (evbuffer_get_length(bufferevent_get_output(s->bev)) == 0)
+			smtpd_start_tls(s);
 		return;
 	}
 	if (s->state != SMTPD_COMMIT && s->state != SMTPD_GREETING && s->state != SMTPD_WAIT) {
@@ -555,11 +527,10 @@ static void smtpd_write_cb(struct bufferevent *bev, void *arg)
 	}
 }
 
-static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
+void smtpd_on_event(void *arg, short what)
 {
 	struct smtpd_session *s = arg;
 
-	(void)bev;
 	if (what & BEV_EVENT_TIMEOUT) {
 		if (s->state == SMTPD_COMMIT || s->state == SMTPD_WAIT)
 			return;
@@ -585,12 +556,20 @@ static void smtpd_event_cb(struct bufferevent *bev, short what, void *arg)
 
 void smtpd_free(struct smtpd_session *s)
 {
-	struct smtpd_worker *w = s->w;
-
 	if (s->state == SMTPD_COMMIT) {
 		/* never free a session inside the commit batch */
 		return;
 	}
+	server_conn_free(s->conn);
+}
+
+/* The connection goes away (the skeleton frees the bufferevent and the
+ * connection's slot). */
+void smtpd_session_release(void *arg)
+{
+	struct smtpd_session *s = arg;
+	struct smtpd_worker *w = s->w;
+
 	smtpd_tx_reset(s);
 	if (s->auth_req)
 		lookup_cancel(w->pool, s->auth_req);
@@ -607,23 +586,9 @@ void smtpd_free(struct smtpd_session *s)
 	free(s->auth_address);
 	if (s->greet_ev)
 		event_free(s->greet_ev);
-	if (s->close_ev)
-		event_free(s->close_ev);
 	if (s->deadline_ev)
 		event_free(s->deadline_ev);
-	if (s->bev)
-		bufferevent_free(s->bev);
-	conntable_del(w->ctx->conn_table, w->ctx->worker_id, s->conn_slot);
-	if (s->prev)
-		s->prev->next = s->next;
-	else
-		w->sessions = s->next;
-	if (s->next)
-		s->next->prev = s->prev;
-	w->n_sessions--;
 	free(s);
-	if (w->stopping && w->n_sessions == 0)
-		event_base_loopexit(w->base, NULL);
 }
 
 /* 421 and close: the idle timer or the deadline ran out. */
@@ -663,13 +628,12 @@ static void smtpd_greet_cb(evutil_socket_t fd, short what, void *arg)
 		smtpd_greet(s);
 }
 
-/* A new session on its bufferevent (from smtpd_accept_cb): the callbacks,
- * then the greeting, at once or after greeting_delay. */
+/* A new session on its bufferevent (from smtpd_on_accept): the greeting,
+ * at once or after greeting_delay. */
 void smtpd_session_start(struct smtpd_session *s)
 {
 	struct smtpd_worker *w = s->w;
 
-	bufferevent_setcb(s->bev, smtpd_read_cb, smtpd_write_cb, smtpd_event_cb, s);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, 1024 * 1024);
 	if (w->cfg->greeting_delay > 0) {
 		struct timeval tv = { w->cfg->greeting_delay, 0 };

@@ -1,13 +1,17 @@
 /* conntable: lock-free shared connection table (see conntable.h). Created by
- * the master, used by the smtpd workers. */
-#include "smtpd/conntable.h"
+ * the master (one per service), used by the server processes through
+ * lib/server.c. A used slot holds its owner's pid, so a process that
+ * outlives the reset of its row (a reload drains the old generation while
+ * the new one starts) cannot free a slot the new process took. */
+#include "lib/conntable.h"
 
 #include <stdatomic.h>
 #include <string.h>
+#include <unistd.h>
 #include <sys/mman.h>
 
 struct conntable_slot {
-	atomic_int used;
+	atomic_int used;               /* 0, or the owner's pid */
 	uint8_t ip[16];
 };
 
@@ -27,6 +31,17 @@ struct conntable *conntable_create(int nworkers, int cap)
 	ct->nworkers = nworkers;
 	ct->cap = cap;
 	return ct;
+}
+
+void conntable_free(struct conntable **ctp)
+{
+	struct conntable *ct = *ctp;
+
+	if (ct == NULL)
+		return;
+	(void)munmap(ct, sizeof(struct conntable) +
+	    (size_t)ct->nworkers * (size_t)ct->cap * sizeof(struct conntable_slot));
+	*ctp = NULL;
 }
 
 void conntable_reset_worker(struct conntable *ct, int worker)
@@ -61,15 +76,17 @@ enum conntable_result conntable_add(struct conntable *ct, int worker, const uint
 	if (same >= per_ip_limit)
 		return CONNTABLE_PER_IP;
 	memcpy(ct->slot[free_slot].ip, ip, 16);
-	atomic_store(&ct->slot[free_slot].used, 1);
+	atomic_store(&ct->slot[free_slot].used, (int)getpid());
 	*slot_r = free_slot;
 	return CONNTABLE_OK;
 }
 
 void conntable_del(struct conntable *ct, int worker, int slot)
 {
+	int mine = (int)getpid();
+
 	(void)worker;
 	if (ct == NULL || slot < 0 || slot >= ct->nworkers * ct->cap)
 		return;
-	atomic_store(&ct->slot[slot].used, 0);
+	(void)atomic_compare_exchange_strong(&ct->slot[slot].used, &mine, 0);
 }
