@@ -85,6 +85,10 @@ void server_conn_free(struct server_conn *c)
 {
 	struct server *srv = c->srv;
 
+	if (c->hs_ev != NULL)
+		event_free(c->hs_ev);
+	c->hs_ev = NULL;
+
 	if (c->sess != NULL && srv->p.ops->on_free != NULL)
 		srv->p.ops->on_free(c->sess);
 	c->sess = NULL;
@@ -131,6 +135,32 @@ void server_conn_close(struct server_conn *c)
 		event_active(c->free_ev, EV_TIMEOUT, 1);
 }
 
+/* A TLS handshake gets SERVER_HANDSHAKE_S seconds of its own, whatever the
+ * bufferevent's timeouts do meanwhile (libevent's are not reliable while
+ * an OpenSSL bufferevent is still accepting). */
+#define SERVER_HANDSHAKE_S 10
+
+static void server_hs_cb(evutil_socket_t fd, short what, void *arg)
+{
+	struct server_conn *c = arg;
+
+	(void)fd;
+	(void)what;
+	if (c->handshaking)
+		server_conn_free(c);
+}
+
+static void server_hs_arm(struct server_conn *c)
+{
+	struct timeval tv = { SERVER_HANDSHAKE_S, 0 };
+
+	c->handshaking = 1;
+	if (c->hs_ev == NULL)
+		c->hs_ev = evtimer_new(c->srv->p.base, server_hs_cb, c);
+	if (c->hs_ev != NULL)
+		evtimer_add(c->hs_ev, &tv);
+}
+
 int server_conn_starttls(struct server_conn *c)
 {
 	int fd = fcntl(bufferevent_getfd(c->bev), F_DUPFD_CLOEXEC, 0);
@@ -144,7 +174,7 @@ int server_conn_starttls(struct server_conn *c)
 	if (c->bev == NULL)
 		return -1;
 	c->tls = 1;
-	c->handshaking = 1;
+	server_hs_arm(c);
 	server_conn_setcb(c);
 	bufferevent_enable(c->bev, EV_READ | EV_WRITE);
 	return 0;
@@ -181,6 +211,8 @@ static void server_event_cb(struct bufferevent *bev, short what, void *arg)
 	(void)bev;
 	if (what & BEV_EVENT_CONNECTED) {
 		c->handshaking = 0;        /* TLS handshake done */
+		if (c->hs_ev != NULL)
+			evtimer_del(c->hs_ev);
 		return;
 	}
 	if (c->handshaking && (what & (BEV_EVENT_TIMEOUT | BEV_EVENT_EOF | BEV_EVENT_ERROR))) {
@@ -265,7 +297,7 @@ static void server_accept_cb(struct evconnlistener *l, evutil_socket_t fd,
 	c->free_ev = evtimer_new(srv->p.base, server_free_cb, c);
 	if (c->tls) {
 		c->bev = server_tls_bev(srv, fd);
-		c->handshaking = 1;
+		server_hs_arm(c);
 	} else if ((c->bev = bufferevent_socket_new(srv->p.base, fd,
 	    BEV_OPT_CLOSE_ON_FREE | BEV_OPT_DEFER_CALLBACKS)) == NULL)
 		close(fd);

@@ -42,6 +42,7 @@ struct server_conn {
 	int tls;                   /* TLS is up (implicit, or after STARTTLS) */
 	int closing;               /* server_conn_close was called */
 	int handshaking;           /* a TLS handshake has not completed yet */
+	struct event *hs_ev;       /* the handshake's own deadline */
 	/* the skeleton's own */
 	int slot;
 	struct event *free_ev;
