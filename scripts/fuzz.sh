@@ -13,7 +13,7 @@ build=${FUZZ_BUILD:-build-fuzz}
 runs=${FUZZ_RUNS:-2000}
 secs=${FUZZ_TIME:-20}
 jobs=${FUZZ_JOBS:-2}
-targets="smtp_parse imap_parse pop3_parse mime queue_file conf addr imap_search"
+targets="smtp_parse imap_parse pop3_parse mime queue_file conf addr imap_search header maildrop"
 
 clang=$(command -v clang 2>/dev/null || true)
 if [ -z "$clang" ]; then

@@ -148,7 +148,7 @@ int auth_settings_get(const struct kale_config *cfg, struct auth_settings *s_r, 
 	store *st = NULL;
 	int rc;
 
-	if (store_open(cfg, &st, error_r) < 0)
+	if (store_connect(cfg, &st, error_r) < 0)
 		return -1;
 	rc = auth_settings_load(st, s_r, error_r);
 	store_close(&st);
@@ -320,7 +320,7 @@ enum auth_result auth_check(const struct kale_config *cfg, const char *user, con
 		auth_set_detail(detail_r, "password too long%s", "");
 		return AUTH_FAIL;
 	}
-	if (store_open(cfg, &st, &err) < 0) {
+	if (store_connect(cfg, &st, &err) < 0) {
 		auth_set_detail(detail_r, "%s", err);
 		free(err);
 		return AUTH_TEMPFAIL;
@@ -367,7 +367,7 @@ int auth_sender_allowed(const struct kale_config *cfg, const char *address, cons
 		return 0;
 	if (strcasecmp(address, sender) == 0)
 		return 1;
-	if (store_open(cfg, &st, &err) < 0) {
+	if (store_connect(cfg, &st, &err) < 0) {
 		free(err);
 		return -1;
 	}

@@ -109,15 +109,12 @@ static void conf_error(struct conf_parser *p, int line, const char *fmt, ...)
 	char msg[512];
 	va_list ap;
 	size_t n;
-	int r;
 
 	if (p->error != NULL)
 		return;
 	va_start(ap, fmt);
-	r = vsnprintf(msg, sizeof(msg), fmt, ap);
+	(void)util_vfmt(msg, sizeof(msg), fmt, ap);   /* a message: cut if longer */
 	va_end(ap);
-	if (r < 0)
-		msg[0] = '\0';      /* cannot happen with our formats */
 	n = strlen(p->path) + strlen(msg) + 32;
 	p->error = xmalloc(n);
 	if (util_fmt(p->error, n, "%s:%d: %s", p->path, line, msg) < 0)
@@ -804,4 +801,21 @@ void conf_free(struct kale_config *cfg)
 	free(cfg->db_url);
 	free(cfg->log_level);
 	memset(cfg, 0, sizeof(*cfg));
+}
+
+int conf_dns_csv(const struct kale_config *cfg, char *buf, size_t cap)
+{
+	size_t len = 0;
+
+	if (cap == 0)
+		return -1;
+	buf[0] = '\0';
+	for (int i = 0; i < cfg->dns_servers.n; i++) {
+		char one[300];
+		if (conf_addr_format(&cfg->dns_servers.addr[i], one, sizeof(one)) < 0 ||
+		    util_fmt(buf + len, cap - len, "%s%s", i ? "," : "", one) < 0)
+			return -1;
+		len = strlen(buf);
+	}
+	return 0;
 }

@@ -93,6 +93,8 @@ void conf_free(struct kale_config *cfg);
 
 /* Parses "host:port" / "[v6]:port"; 0 ok, -1 bad. */
 int conf_parse_addr(const char *s, struct conf_addr *a);
+/* [dns] servers as c-ares's "host:port,..." list ("" for /etc/resolv.conf). 0 or -1. */
+int conf_dns_csv(const struct kale_config *cfg, char *buf, size_t cap);
 /* Parses a duration: plain seconds or with s/m/h/d suffix; -1 on error. */
 int64_t conf_parse_duration(const char *s);
 /* Formats an address back as "host:port" or "[v6]:port"; 0 ok, -1 too long. */

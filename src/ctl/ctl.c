@@ -18,7 +18,8 @@ static const char ctl_usage_text[] =
 	"usage: kalectl [-c FILE] COMMAND ...\n"
 	"  domain add DOMAIN --local|--relay HOST[:PORT]|[IPv6][:PORT]|mx|ldap:PROFILE\n"
 	"                    [--tls opportunistic|require] [--verify PROFILE|none]\n"
-	"  domain set DOMAIN --verify PROFILE|none\n"
+	"                    [--filter POLICY]\n"
+	"  domain set DOMAIN [--verify PROFILE|none] [--filter POLICY]\n"
 	"  domain list | domain del DOMAIN\n"
 	"  user add ADDRESS [--password-stdin] | user passwd ADDRESS --password-stdin\n"
 	"  user import FILE.csv | user list [DOMAIN] | user del ADDRESS\n"
@@ -38,6 +39,22 @@ static const char ctl_usage_text[] =
 	"  auth server add --proto pop3|imap --tls plain|ssl|starttls --host HOST --port PORT\n"
 	"                  [--disabled]\n"
 	"  auth server list | auth server del ID | auth server move ID POSITION\n"
+	"  filter list | filter show [POLICY] [--json]\n"
+	"  filter add POLICY [--copy-of POLICY] | filter del POLICY\n"
+	"  filter set [--policy POLICY] CHECK [--action ACTION] [--score N]\n"
+	"             [--on-error tempfail|pass] [check options]\n"
+	"             dnsbl: --zones ZONE[=WEIGHT],... --threshold N\n"
+	"             greylist: --delay DURATION --expire DURATION --auto-allow N\n"
+	"             spf: --fail|--softfail|--permerror|--temperror ACTION (--action: all)\n"
+	"  filter set [--policy POLICY] score [--tag N] [--quarantine N] [--reject N]\n"
+	"  list add allow|block sender|client|helo|recipient VALUE [--policy POLICY]\n"
+	"           [--comment TEXT] [--skip CHECK,...]\n"
+	"  list del allow|block KIND VALUE [--policy POLICY] | list show [--policy P] [--json]\n"
+	"  greylist list [--json] | greylist flush [ADDRESS|IP]\n"
+	"  policy test --ip IP [--helo NAME] --from ADDR|<> --to ADDR [--json]\n"
+	"  dkim keygen DOMAIN [--selector SEL] [--algorithm rsa-sha256|ed25519-sha256] [--json]\n"
+	"  dkim list [--json] | dkim del DOMAIN [--selector SEL]\n"
+	"  dkim sign DOMAIN FILE [--selector SEL] | dkim verify FILE [--json] [--dns HOST:PORT]\n"
 	"  status | reload\n"
 	"  queue list [--json] | queue show QID | queue flush [QID]\n"
 	"  queue hold QID | queue release QID | queue delete QID | queue bounce QID\n"
@@ -195,7 +212,7 @@ int ctl_open_store(struct ctl *c)
 		return 0;
 	if (ctl_enter(c) < 0)
 		return -1;
-	if (store_open(&c->cfg, &c->st, &err) < 0) {
+	if (store_open_migrate(&c->cfg, &c->st, &err) < 0) {
 		ctl_fail("%s", err ? err : "cannot open the store");
 		free(err);
 		return -1;
@@ -377,6 +394,53 @@ void ctl_table_free(struct ctl_table *t)
 	free(t->cells);
 	t->cells = NULL;
 	t->nrows = 0;
+}
+
+int ctl_print_json(json_t *j)
+{
+	if (j == NULL)
+		return ctl_fail("out of memory");
+	json_dumpf(j, stdout, JSON_INDENT(2) | JSON_PRESERVE_ORDER);
+	fputc('\n', stdout);
+	json_decref(j);
+	return CTL_EXIT_OK;
+}
+
+void ctl_rows_init(struct ctl_rows *o, int json, int ncol, const char *const *header)
+{
+	memset(o, 0, sizeof(*o));
+	if (json)
+		o->arr = json_array();
+	else
+		ctl_table_init(&o->t, ncol, header);
+}
+
+int ctl_rows_end(struct ctl_rows *o, int rc, const char *what)
+{
+	if (o->arr != NULL) {
+		if (rc < 0) {
+			json_decref(o->arr);
+			return ctl_fail("cannot read %s", what);
+		}
+		return ctl_print_json(o->arr);
+	}
+	if (rc == 0)
+		ctl_table_print(&o->t, stdout);
+	ctl_table_free(&o->t);
+	return rc == 0 ? CTL_EXIT_OK : ctl_fail("cannot read %s", what);
+}
+
+int ctl_result(int rc, char **errp, const char *ok_msg, const char *arg)
+{
+	if (rc < 0) {
+		ctl_fail("%s", *errp ? *errp : "failed");
+		free(*errp);
+		*errp = NULL;
+		return CTL_EXIT_FAIL;
+	}
+	if (ok_msg != NULL)
+		printf("%s %s\n", ok_msg, arg);
+	return CTL_EXIT_OK;
 }
 
 int ctl_table_list(struct ctl *c, int argc, char **argv, int ncol, const char *const *header,

@@ -86,12 +86,33 @@ void ctl_table_free(struct ctl_table *t);
 int ctl_table_list(struct ctl *c, int argc, char **argv, int ncol, const char *const *header,
     int (*list)(store *st, struct ctl_table *t), const char *what);
 
+/* Prints j (pretty, in key order) and a newline, then frees it; an exit code. */
+int ctl_print_json(json_t *j);
+/* The rows of a `show`/`list` command: a JSON array (--json) or a table. */
+struct ctl_rows {
+	struct ctl_table t;
+	json_t *arr;          /* NULL: the table */
+};
+void ctl_rows_init(struct ctl_rows *o, int json, int ncol, const char *const *header);
+/* Prints (rc 0) or says "cannot read WHAT" (rc < 0), frees; an exit code. */
+int ctl_rows_end(struct ctl_rows *o, int rc, const char *what);
+
+/* The end of a store command: rc < 0 prints *errp (freed) and gives
+ * CTL_EXIT_FAIL; else prints "OK_MSG ARG" (unless ok_msg is NULL). */
+int ctl_result(int rc, char **errp, const char *ok_msg, const char *arg);
+
 /* Command groups (argv[0] is the sub-command, e.g. "add"); each returns an exit code. */
 int ctl_policy_domain(struct ctl *c, int argc, char **argv);
 int ctl_policy_user(struct ctl *c, int argc, char **argv);
 int ctl_policy_alias(struct ctl *c, int argc, char **argv);
 int ctl_policy_network(struct ctl *c, int argc, char **argv);
 int ctl_log_cmd(struct ctl *c, int argc, char **argv);
+/* filter, list and greylist (ctl_filter.c) */
+int ctl_filter_cmd(struct ctl *c, int argc, char **argv);
+int ctl_list_cmd(struct ctl *c, int argc, char **argv);
+int ctl_greylist_cmd(struct ctl *c, int argc, char **argv);
+/* policy test (ctl_diag.c) */
+int ctl_policy_test(struct ctl *c, int argc, char **argv);
 int ctl_queue_cmd(struct ctl *c, int argc, char **argv);
 int ctl_queue_status(struct ctl *c, int argc, char **argv);
 int ctl_queue_reload(struct ctl *c, int argc, char **argv);
@@ -99,5 +120,7 @@ int ctl_queue_reload(struct ctl *c, int argc, char **argv);
 int ctl_verify_cmd(struct ctl *c, int argc, char **argv);
 /* ctl_auth.c (H12): auth set|show|server ...|test */
 int ctl_auth_cmd(struct ctl *c, int argc, char **argv);
+/* dkim keygen|list|del|sign|verify (ctl_dkim.c) */
+int ctl_dkim_cmd(struct ctl *c, int argc, char **argv);
 
 #endif

@@ -10,6 +10,7 @@
 
 #include "auth/auth.h"
 #include "lib/util.h"
+#include "store/store.h"
 
 #define CTL_AUTH_EXIT_ERROR 2
 
@@ -216,6 +217,13 @@ static int ctl_auth_test(struct ctl *c, int argc, char **argv)
 		explicit_bzero(password, strlen(password));
 		free(password);
 		return CTL_AUTH_EXIT_ERROR;
+	}
+	/* auth_check only connects; kalectl may run before kaled ever ran, so
+	 * migrate first (a failure is reported by auth_check's own open) */
+	{
+		char *err = NULL;
+		if (store_migrate(&c->cfg, &err) < 0)
+			free(err);
 	}
 	r = auth_check(&c->cfg, pos[0], password, &address, &detail);
 	explicit_bzero(password, strlen(password));

@@ -19,20 +19,6 @@ static void ctl_set(char **dst, const char *s, size_t len)
 		*dst = xstrndup(s, len);
 }
 
-static int ctl_write_all(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = send(fd, p, n, MSG_NOSIGNAL);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 /* The control socket is root's (mode 0600), so that kaled's unprivileged
  * children cannot drive the master; kalectl, which drops to run_as early,
  * connects once while it is still root and keeps the connection here. */
@@ -101,7 +87,7 @@ int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **erro
 		rc = -1;
 		goto out;
 	}
-	if (ctl_write_all(fd, cmd, cmdlen) < 0 || ctl_write_all(fd, "\n", 1) < 0) {
+	if (fs_write_all(fd, cmd, cmdlen) < 0 || fs_write_all(fd, "\n", 1) < 0) {
 		ctl_set(error_r, "write to control socket failed", 30);
 		goto out;
 	}

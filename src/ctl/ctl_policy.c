@@ -12,25 +12,12 @@
 
 /* Runs a store call's result: prints the error, returns the exit code. */
 /* errp is read only here, after the store call (an argument) has run. */
-static int ctl_result(int rc, char **errp, const char *ok_msg, const char *arg)
-{
-	if (rc < 0) {
-		ctl_fail("%s", *errp ? *errp : "failed");
-		free(*errp);
-		*errp = NULL;
-		return CTL_EXIT_FAIL;
-	}
-	if (ok_msg != NULL)
-		printf("%s %s\n", ok_msg, arg);
-	return CTL_EXIT_OK;
-}
-
 /* ---- domain ---- */
 
 static int ctl_domain_row(void *ctx, const struct store_domain *d)
 {
-	const char *cells[5] = { d->name, d->local ? "local" : "relay",
-		d->local ? "-" : d->relay, d->tls, d->verify[0] ? d->verify : "-" };
+	const char *cells[6] = { d->name, d->local ? "local" : "relay",
+		d->local ? "-" : d->relay, d->tls, d->verify[0] ? d->verify : "-", d->filter };
 
 	ctl_table_add(ctx, cells);
 	return 0;
@@ -43,7 +30,7 @@ static int ctl_domain_list(store *st, struct ctl_table *t)
 
 int ctl_policy_domain(struct ctl *c, int argc, char **argv)
 {
-	const char *pos[1], *relay = NULL, *tls = NULL, *verify = NULL;
+	const char *pos[1], *relay = NULL, *tls = NULL, *verify = NULL, *filter = NULL;
 	int local = 0, npos = 0;
 	char *err = NULL;
 	const char *sub = argc > 0 ? argv[0] : "";
@@ -51,7 +38,8 @@ int ctl_policy_domain(struct ctl *c, int argc, char **argv)
 	if (strcmp(sub, "add") == 0) {
 		const struct ctl_opt opts[] = {
 			{ "local", 0, NULL, &local }, { "relay", 1, &relay, NULL },
-			{ "tls", 1, &tls, NULL }, { "verify", 1, &verify, NULL }, { NULL, 0, NULL, NULL } };
+			{ "tls", 1, &tls, NULL }, { "verify", 1, &verify, NULL },
+			{ "filter", 1, &filter, NULL }, { NULL, 0, NULL, NULL } };
 		struct store_domain d;
 		if (ctl_getopt(argc - 1, argv + 1, opts, pos, 1, 1, &npos) < 0)
 			return ctl_usage(NULL);
@@ -70,26 +58,31 @@ int ctl_policy_domain(struct ctl *c, int argc, char **argv)
 				return ctl_fail("relay too long");
 		}
 		if (util_fmt(d.tls, sizeof(d.tls), "%s", tls ? tls : "opportunistic") < 0 ||
-		    util_fmt(d.verify, sizeof(d.verify), "%s", verify ? verify : "") < 0)
-			return ctl_fail("verification profile name too long");
+		    util_fmt(d.verify, sizeof(d.verify), "%s", verify ? verify : "") < 0 ||
+		    util_fmt(d.filter, sizeof(d.filter), "%s", filter ? filter : "") < 0)
+			return ctl_fail("verification profile or filter policy name too long");
 		if (ctl_open_store(c) < 0)
 			return CTL_EXIT_FAIL;
 		return ctl_result(store_domain_add(c->st, &d, &err), &err, "added domain", d.name);
 	}
 	if (strcmp(sub, "set") == 0) {
-		const struct ctl_opt opts[] = { { "verify", 1, &verify, NULL }, { NULL, 0, NULL, NULL } };
+		const struct ctl_opt opts[] = { { "verify", 1, &verify, NULL },
+			{ "filter", 1, &filter, NULL }, { NULL, 0, NULL, NULL } };
 		if (ctl_getopt(argc - 1, argv + 1, opts, pos, 1, 1, &npos) < 0)
 			return ctl_usage(NULL);
-		if (verify == NULL)
-			return ctl_usage("domain set needs --verify PROFILE|none");
+		if (verify == NULL && filter == NULL)
+			return ctl_usage("domain set needs --verify PROFILE|none or --filter POLICY");
 		if (ctl_open_store(c) < 0)
 			return CTL_EXIT_FAIL;
-		return ctl_result(store_domain_set_verify(c->st, pos[0], verify, &err), &err,
-		    "updated domain", pos[0]);
+		if (verify != NULL && store_domain_set_verify(c->st, pos[0], verify, &err) < 0)
+			return ctl_result(-1, &err, NULL, NULL);
+		if (filter != NULL && store_domain_set_filter(c->st, pos[0], filter, &err) < 0)
+			return ctl_result(-1, &err, NULL, NULL);
+		return ctl_result(0, &err, "updated domain", pos[0]);
 	}
 	if (strcmp(sub, "list") == 0) {
-		static const char *const hdr[5] = { "DOMAIN", "TYPE", "ROUTE", "TLS", "VERIFY" };
-		return ctl_table_list(c, argc - 1, argv + 1, 5, hdr, ctl_domain_list, "domains");
+		static const char *const hdr[6] = { "DOMAIN", "TYPE", "ROUTE", "TLS", "VERIFY", "FILTER" };
+		return ctl_table_list(c, argc - 1, argv + 1, 6, hdr, ctl_domain_list, "domains");
 	}
 	if (strcmp(sub, "del") == 0) {
 		if (ctl_getopt(argc - 1, argv + 1, NULL, pos, 1, 1, &npos) < 0)

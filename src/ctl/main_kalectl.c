@@ -23,6 +23,11 @@ static const struct ctl_group ctl_groups[] = {
 	{ "log", ctl_log_cmd, 1 },
 	{ "verify", ctl_verify_cmd, 1 },
 	{ "queue", ctl_queue_cmd, 1 },
+	{ "filter", ctl_filter_cmd, 1 },
+	{ "list", ctl_list_cmd, 1 },
+	{ "greylist", ctl_greylist_cmd, 1 },
+	{ "policy", ctl_policy_test, 1 },
+	{ "dkim", ctl_dkim_cmd, 1 },
 	{ "status", ctl_queue_status, 0 },
 	{ "reload", ctl_queue_reload, 0 },
 	{ NULL, NULL, 0 }

@@ -1218,16 +1218,9 @@ struct relay *relay_new(struct event_base *base, const struct kale_config *cfg, 
 	r->base = base;
 	r->cfg = cfg;
 	{
-		/* [dns] servers as c-ares's csv list; empty: /etc/resolv.conf */
-		char csv[CONF_MAX_ADDRS * 300] = "";
-		size_t len = 0;
-		for (int i = 0; i < cfg->dns_servers.n; i++) {
-			char one[300];
-			if (conf_addr_format(&cfg->dns_servers.addr[i], one, sizeof(one)) < 0 ||
-			    util_fmt(csv + len, sizeof(csv) - len, "%s%s", i ? "," : "", one) < 0)
-				break;
-			len = strlen(csv);
-		}
+		char csv[CONF_MAX_ADDRS * 300];
+		if (conf_dns_csv(cfg, csv, sizeof(csv)) < 0)
+			csv[0] = '\0';
 		r->dns = dns_new(base, csv, error_r);
 	}
 	if (r->dns == NULL) {

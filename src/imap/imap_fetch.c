@@ -9,6 +9,7 @@
 #include <event2/buffer.h>
 
 #include "lib/util.h"
+#include "mail/mime.h"
 
 #define IMAP_MAX_ADDRS 1000
 #define IMAP_HDR_MAX 65536
@@ -117,25 +118,8 @@ void imap_write_addresses(struct evbuffer *out, const char *v)
 	char *word = xmalloc(vl + 1);
 	while (*p != '\0') {
 		char c = *p;
-		if (c == ' ' || c == '\t' || c == '\r' || c == '\n') {
-			p++;
-			continue;
-		}
-		if (c == '(') {
-			int depth = 0;
-			while (*p != '\0') {
-				if (*p == '\\' && p[1] != '\0') {
-					p += 2;
-					continue;
-				}
-				if (*p == '(')
-					depth++;
-				else if (*p == ')' && --depth == 0) {
-					p++;
-					break;
-				}
-				p++;
-			}
+		if (c == ' ' || c == '\t' || c == '\r' || c == '\n' || c == '(') {
+			mime_skip_cfws(&p);
 			continue;
 		}
 		size_t wl = 0;

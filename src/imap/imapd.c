@@ -211,7 +211,7 @@ int imapd_main(struct kale_ctx *ctx)
 	d.ctx = ctx;
 	log_set_proc("imapd");
 	signal(SIGPIPE, SIG_IGN);
-	if (store_open(ctx->cfg, &d.st, &err) < 0) {
+	if (store_connect(ctx->cfg, &d.st, &err) < 0) {
 		log_event(LOG_LVL_ERROR, "imap.store_open_failed", "error", err, NULL);
 		xfree(&err);
 		return 1;

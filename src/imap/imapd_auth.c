@@ -123,7 +123,7 @@ static void imapd_login_finish(struct imapd_sess *s, const char *tag, const char
 		log_event(LOG_LVL_ERROR, "imap.mailbox_error", "user", addr, NULL);
 		return;
 	}
-	snprintf(s->user, sizeof(s->user), "%s", addr);
+	(void)util_fmt(s->user, sizeof(s->user), "%s", addr);
 	s->state = IMAPD_AUTH;
 	imapd_set_timeout(s);
 	log_event(LOG_LVL_INFO, "imap.login", "user", addr, "client", s->ip, "tls", s->tls ? "yes" : "no", NULL);
@@ -193,8 +193,8 @@ static void imapd_login_check(struct imapd_sess *s, const char *tag, const char 
 		struct imapd_login_job *j = xcalloc(1, sizeof(*j));
 		j->cfg = s->d->ctx->cfg;
 		j->s = s;
-		snprintf(j->tag, sizeof(j->tag), "%s", tag);
-		snprintf(j->addr, sizeof(j->addr), "%s", addr);
+		(void)util_fmt(j->tag, sizeof(j->tag), "%s", tag);
+		(void)util_fmt(j->addr, sizeof(j->addr), "%s", addr);
 		j->pass = xstrdup(pass);
 		s->login_pending = 1;
 		s->login_req = lookup_pool_job(s->d->pool, imapd_login_work, imapd_login_job_done, j);
@@ -249,7 +249,7 @@ static void imapd_login_done(struct imapd_sess *s, const char *tag, const char *
 			s->brake_ev = evtimer_new(s->d->base, imapd_brake_cb, s);
 		if (s->brake_ev != NULL) {
 			brake_log("imap", s->ip, user, &s->brake, "delay");
-			snprintf(s->brake_tag, sizeof(s->brake_tag), "%s", tag);
+			(void)util_fmt(s->brake_tag, sizeof(s->brake_tag), "%s", tag);
 			s->brake_user = xstrdup(user);
 			s->brake_pass = xstrdup(pass);
 			s->brake_wait = 1;

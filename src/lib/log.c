@@ -43,6 +43,8 @@ void log_set_proc(const char *proc)
 	(void)util_fmt(log_proc, sizeof(log_proc), "%s", proc);   /* a short role name */
 }
 
+static const char log_hex[] = "0123456789abcdef";
+
 /* Appends a value, quoted when it holds spaces, quotes, '=' or control bytes. */
 static size_t log_put(char *buf, size_t off, size_t cap, const char *s)
 {
@@ -65,7 +67,11 @@ static size_t log_put(char *buf, size_t off, size_t cap, const char *s)
 			buf[off++] = '\\';
 			buf[off++] = (char)c;
 		} else if (c < 0x20 || c == 0x7f) {
-			off += (size_t)snprintf(buf + off, cap - off, "\\x%02x", c);
+			/* "\xHH": four bytes, room checked by the loop condition */
+			buf[off++] = '\\';
+			buf[off++] = 'x';
+			buf[off++] = log_hex[c >> 4];
+			buf[off++] = log_hex[c & 0xf];
 		} else {
 			buf[off++] = (char)c;
 		}
@@ -89,8 +95,10 @@ void log_event(enum log_level lvl, const char *event, ...)
 	gettimeofday(&tv, NULL);
 	gmtime_r(&tv.tv_sec, &tm);
 	off = strftime(buf, sizeof(buf), "ts=%Y-%m-%dT%H:%M:%S", &tm);
-	off += (size_t)snprintf(buf + off, sizeof(buf) - off, ".%03dZ level=%s proc=%s pid=%d event=",
+	/* a cut prefix is still logged: off is where the text really ends */
+	(void)util_fmt(buf + off, sizeof(buf) - off, ".%03dZ level=%s proc=%s pid=%d event=",
 	    (int)(tv.tv_usec / 1000), names[lvl], log_proc, (int)getpid());
+	off += strlen(buf + off);
 	off = log_put(buf, off, sizeof(buf) - 2, event);
 	va_start(ap, event);
 	for (;;) {

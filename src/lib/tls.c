@@ -65,8 +65,7 @@ static void tls_set_error(char **error_r, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	if (vsnprintf(msg, sizeof(msg), fmt, ap) < 0)
-		msg[0] = '\0';
+	(void)util_vfmt(msg, sizeof(msg), fmt, ap);   /* a message: cut if longer */
 	va_end(ap);
 	tls_error_string(ossl, sizeof(ossl));
 	n = strlen(msg) + strlen(ossl) + 16;

@@ -14,6 +14,7 @@
 #include <string.h>
 #include <time.h>
 #include <unistd.h>
+#include <sys/socket.h>
 #include <sys/stat.h>
 
 static void util_oom(void)
@@ -83,15 +84,39 @@ int util_strtonum(const char *s, long long min, long long max, long long *out)
 	return 0;
 }
 
+int util_vfmt(char *buf, size_t cap, const char *fmt, va_list ap)
+{
+	int n = vsnprintf(buf, cap, fmt, ap);
+
+	if (n < 0) {
+		buf[0] = '\0';
+		return -1;
+	}
+	return (size_t)n >= cap ? -1 : 0;
+}
+
 int util_fmt(char *buf, size_t cap, const char *fmt, ...)
 {
 	va_list ap;
-	int n;
+	int rc;
 
 	va_start(ap, fmt);
-	n = vsnprintf(buf, cap, fmt, ap);
+	rc = util_vfmt(buf, cap, fmt, ap);
 	va_end(ap);
-	return (n < 0 || (size_t)n >= cap) ? -1 : 0;
+	return rc;
+}
+
+int util_err(char **error_r, const char *fmt, ...)
+{
+	va_list ap;
+	char buf[512];
+
+	va_start(ap, fmt);
+	(void)util_vfmt(buf, sizeof(buf), fmt, ap);   /* a message: cut if longer */
+	va_end(ap);
+	if (error_r != NULL)
+		*error_r = xstrdup(buf);
+	return -1;
 }
 
 void util_lower(char *s)
@@ -206,12 +231,19 @@ uint64_t util_now_us(void)
 	return (uint64_t)ts.tv_sec * 1000000u + (uint64_t)ts.tv_nsec / 1000u;
 }
 
-int fs_pwrite_all(int fd, const void *buf, size_t n, off_t off)
+/* Writes all n bytes: at offset off with pwrite, or (off < 0) at the
+ * file position, with send(MSG_NOSIGNAL) where fd is a socket. */
+static int fs_out_all(int fd, const void *buf, size_t n, off_t off)
 {
 	const char *p = buf;
+	int sock = off < 0;
 
 	while (n > 0) {
-		ssize_t w = pwrite(fd, p, n, off);
+		ssize_t w = off >= 0 ? pwrite(fd, p, n, off) : sock ? send(fd, p, n, MSG_NOSIGNAL) : write(fd, p, n);
+		if (w < 0 && sock && errno == ENOTSOCK) {
+			sock = 0;
+			continue;
+		}
 		if (w < 0 && errno == EINTR)
 			continue;
 		if (w < 0)
@@ -222,9 +254,20 @@ int fs_pwrite_all(int fd, const void *buf, size_t n, off_t off)
 		}
 		p += w;
 		n -= (size_t)w;
-		off += w;
+		if (off >= 0)
+			off += w;
 	}
 	return 0;
+}
+
+int fs_write_all(int fd, const void *buf, size_t n)
+{
+	return fs_out_all(fd, buf, n, -1);
+}
+
+int fs_pwrite_all(int fd, const void *buf, size_t n, off_t off)
+{
+	return fs_out_all(fd, buf, n, off);
 }
 
 int fs_pread_all(int fd, void *buf, size_t n, off_t off)

@@ -372,7 +372,7 @@ void lookup_worker_ask(struct lookup_worker *w, const char *profile, const char 
 		goto out;
 	}
 	util_lower(key);
-	if (w->st == NULL && store_open(w->cfg, &w->st, &err) < 0) {
+	if (w->st == NULL && store_connect(w->cfg, &w->st, &err) < 0) {
 		r->detail = err ? err : xstrdup("cannot open the policy store");
 		goto out;
 	}

@@ -44,20 +44,6 @@ static char *lookup_buf_take(struct lookup_buf *b)
 	return s;
 }
 
-static int lookup_tmpl_err(char **error_r, const char *fmt, ...)
-{
-	va_list ap;
-	char buf[256];
-
-	va_start(ap, fmt);
-	if (vsnprintf(buf, sizeof(buf), fmt, ap) < 0)
-		buf[0] = '\0';
-	va_end(ap);
-	if (error_r != NULL)
-		*error_r = xstrdup(buf);
-	return -1;
-}
-
 static int lookup_is_ph(const char *p)
 {
 	return p[0] == '%' && (p[1] == 'm' || p[1] == 'u' || p[1] == 'd');
@@ -82,7 +68,7 @@ int lookup_sql_compile(const char *tmpl, int dollar, struct lookup_sql *q, char 
 
 	memset(q, 0, sizeof(*q));
 	if (strlen(tmpl) > 1000)
-		return lookup_tmpl_err(error_r, "query template longer than 1000 bytes");
+		return util_err(error_r, "query template longer than 1000 bytes");
 	while (*p != '\0') {
 		if (*p == '\'') {
 			/* a string literal: its contents unescaped into lit */
@@ -91,7 +77,7 @@ int lookup_sql_compile(const char *tmpl, int dollar, struct lookup_sql *q, char 
 			p++;
 			for (;;) {
 				if (*p == '\0') {
-					lookup_tmpl_err(error_r, "unterminated string literal in the query");
+					util_err(error_r, "unterminated string literal in the query");
 					goto fail;
 				}
 				if (*p == '\'' && p[1] == '\'') {
@@ -118,7 +104,7 @@ int lookup_sql_compile(const char *tmpl, int dollar, struct lookup_sql *q, char 
 			}
 			if (has_ph) {
 				if (q->nparams >= LOOKUP_SQL_PARAMS) {
-					lookup_tmpl_err(error_r, "more than %d placeholders", LOOKUP_SQL_PARAMS);
+					util_err(error_r, "more than %d placeholders", LOOKUP_SQL_PARAMS);
 					goto fail;
 				}
 				q->params[q->nparams++] = lookup_buf_take(&lit);
@@ -134,7 +120,7 @@ int lookup_sql_compile(const char *tmpl, int dollar, struct lookup_sql *q, char 
 		}
 		if (lookup_is_ph(p)) {
 			if (q->nparams >= LOOKUP_SQL_PARAMS) {
-				lookup_tmpl_err(error_r, "more than %d placeholders", LOOKUP_SQL_PARAMS);
+				util_err(error_r, "more than %d placeholders", LOOKUP_SQL_PARAMS);
 				goto fail;
 			}
 			q->params[q->nparams++] = xstrndup(p, 2);
@@ -151,12 +137,12 @@ int lookup_sql_compile(const char *tmpl, int dollar, struct lookup_sql *q, char 
 			/* a quoted identifier: copied, no placeholders inside */
 			const char *end = strchr(p + 1, *p);
 			if (end == NULL) {
-				lookup_tmpl_err(error_r, "unterminated quoted identifier in the query");
+				util_err(error_r, "unterminated quoted identifier in the query");
 				goto fail;
 			}
 			for (const char *r = p; r < end; r++)
 				if (lookup_is_ph(r)) {
-					lookup_tmpl_err(error_r, "placeholder inside a quoted identifier");
+					util_err(error_r, "placeholder inside a quoted identifier");
 					goto fail;
 				}
 			lookup_buf_add(&out, p, (size_t)(end + 1 - p));
@@ -164,22 +150,22 @@ int lookup_sql_compile(const char *tmpl, int dollar, struct lookup_sql *q, char 
 			continue;
 		}
 		if (*p == ';' || *p == '#' || (*p == '-' && p[1] == '-') || (*p == '/' && p[1] == '*')) {
-			lookup_tmpl_err(error_r, "the query must be one statement without comments or ';'");
+			util_err(error_r, "the query must be one statement without comments or ';'");
 			goto fail;
 		}
 		if ((!dollar && *p == '?') || (dollar && *p == '$')) {
-			lookup_tmpl_err(error_r, "'%c' is reserved: write %%m, %%u or %%d", *p);
+			util_err(error_r, "'%c' is reserved: write %%m, %%u or %%d", *p);
 			goto fail;
 		}
 		if ((unsigned char)*p < 0x20 && *p != '\t' && *p != '\n' && *p != '\r') {
-			lookup_tmpl_err(error_r, "control character in the query");
+			util_err(error_r, "control character in the query");
 			goto fail;
 		}
 		lookup_buf_ch(&out, *p);
 		p++;
 	}
 	if (q->nparams == 0) {
-		lookup_tmpl_err(error_r, "the query has no %%m, %%u or %%d");
+		util_err(error_r, "the query has no %%m, %%u or %%d");
 		goto fail;
 	}
 	q->sql = lookup_buf_take(&out);

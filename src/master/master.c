@@ -468,21 +468,22 @@ static void master_clean_tmp(void)
 	}
 }
 
-/* Opens (creates, migrates) the policy store and cleans queue/tmp as the
- * run_as user, so root never opens a file in a folder run_as can write. */
-static int master_init_store(struct master *m, char **error_r)
+/* Creates and migrates the policy store of cfg (the children only connect
+ * to it) and, with clean_tmp, cleans queue/tmp, as the run_as user, so root
+ * never opens a file in a folder run_as can write. */
+static int master_migrate_store(struct master *m, const struct kale_config *cfg, int clean_tmp,
+    char **error_r)
 {
 	int pfd[2], status = 0;
 	char buf[512];
 	ssize_t n;
 	pid_t pid;
-	store *st = NULL;
 
 	if (!m->drop) {
-		if (store_open(&m->cfg, &st, error_r) < 0)
+		if (store_migrate(cfg, error_r) < 0)
 			return -1;
-		store_close(&st);
-		master_clean_tmp();
+		if (clean_tmp)
+			master_clean_tmp();
 		return 0;
 	}
 	if (pipe2(pfd, O_CLOEXEC) < 0) {
@@ -509,7 +510,7 @@ static int master_init_store(struct master *m, char **error_r)
 			/* The store is opened by its absolute path: every folder on
 			 * the way must let run_as through. Name the one that does not. */
 			char path[PATH_MAX];
-			util_fmt(path, sizeof(path), "%s", m->cfg.data_dir);
+			util_fmt(path, sizeof(path), "%s", cfg->data_dir);
 			for (char *p = path + 1; path[0] == '/'; p++) {
 				char c = *p;
 				if (c != '/' && c != '\0')
@@ -517,7 +518,7 @@ static int master_init_store(struct master *m, char **error_r)
 				*p = '\0';
 				if (access(path, X_OK) < 0) {
 					char msg[PATH_MAX + 64];
-					util_fmt(msg, sizeof(msg), "%s: cannot pass through %s: %s", m->cfg.run_as,
+					util_fmt(msg, sizeof(msg), "%s: cannot pass through %s: %s", cfg->run_as,
 					    path, strerror(errno));
 					if (write(pfd[1], msg, strlen(msg)) < 0)
 						_exit(1);
@@ -528,14 +529,14 @@ static int master_init_store(struct master *m, char **error_r)
 					break;
 			}
 		}
-		if (store_open(&m->cfg, &st, &error) < 0) {
+		if (store_migrate(cfg, &error) < 0) {
 			const char *e = error ? error : "cannot open the policy store";
 			if (write(pfd[1], e, strlen(e)) < 0)
 				_exit(1);
 			_exit(1);
 		}
-		store_close(&st);
-		master_clean_tmp();
+		if (clean_tmp)
+			master_clean_tmp();
 		_exit(0);
 	}
 	close(pfd[1]);
@@ -546,7 +547,7 @@ static int master_init_store(struct master *m, char **error_r)
 	if (WIFEXITED(status) && WEXITSTATUS(status) == 0)
 		return 0;
 	buf[n > 0 ? n : 0] = '\0';
-	if (asprintf(error_r, "policy store (as %s): %s", m->cfg.run_as, n > 0 ? buf : "failed") < 0)
+	if (asprintf(error_r, "policy store (as %s): %s", cfg->run_as, n > 0 ? buf : "failed") < 0)
 		*error_r = NULL;
 	return -1;
 }
@@ -842,6 +843,11 @@ static int master_reload(struct master *m, char **error_r)
 	if (strcmp(ncfg.data_dir, m->cfg.data_dir) != 0 || strcmp(ncfg.run_as, m->cfg.run_as) != 0) {
 		conf_free(&ncfg);
 		*error_r = xstrdup("data_dir and run_as cannot change on reload; restart kaled");
+		return -1;
+	}
+	/* the new children only connect: a new db_url is migrated first */
+	if (strcmp(ncfg.db_url, m->cfg.db_url) != 0 && master_migrate_store(m, &ncfg, 0, error_r) < 0) {
+		conf_free(&ncfg);
 		return -1;
 	}
 	ntls = tls_server_ctx(ncfg.tls_cert, ncfg.tls_key, ncfg.hostname, error_r);
@@ -1162,7 +1168,6 @@ int master_check(const char *path)
 {
 	struct kale_config cfg;
 	char *error = NULL;
-	store *st = NULL;
 	struct stat sb;
 
 	memset(&cfg, 0, sizeof(cfg));
@@ -1172,13 +1177,12 @@ int master_check(const char *path)
 		return 1;
 	}
 	if (stat(cfg.data_dir, &sb) == 0) {
-		if (chdir(cfg.data_dir) < 0 || store_open(&cfg, &st, &error) < 0) {
+		if (chdir(cfg.data_dir) < 0 || store_migrate(&cfg, &error) < 0) {
 			fprintf(stderr, "%s:0: policy store: %s\n", path, error ? error : strerror(errno));
 			free(error);
 			conf_free(&cfg);
 			return 1;
 		}
-		store_close(&st);
 	}
 	printf("%s: ok\n", path);
 	conf_free(&cfg);
@@ -1211,7 +1215,12 @@ int master_run(const char *path)
 		m->drop = m->uid != 0;
 	}
 	if (master_prepare_dir(m, &error) < 0 || master_lock(m, &error) < 0 ||
-	    master_init_store(m, &error) < 0)
+	    master_migrate_store(m, &m->cfg, 1, &error) < 0)
+		goto fail;
+	/* The control socket exists before any listener: once a port answers,
+	 * kalectl can talk to this master. */
+	m->base = event_base_new();
+	if (master_ctl_open(m, &error) < 0)
 		goto fail;
 	m->tls = tls_server_ctx(m->cfg.tls_cert, m->cfg.tls_key, m->cfg.hostname, &error);
 	if (m->tls == NULL)
@@ -1235,9 +1244,6 @@ int master_run(const char *path)
 		error = xstrdup("cannot map the brute-force brake table");
 		goto fail;
 	}
-	m->base = event_base_new();
-	if (master_ctl_open(m, &error) < 0)
-		goto fail;
 	{
 		/* Signals arrive through a signalfd, so libevent's signal handling
 		 * stays free for the children's own event loops. */
@@ -1274,6 +1280,8 @@ int master_run(const char *path)
 	rc = 0;
 	goto out;
 fail:
+	if (m->ctl)
+		unlink("control.sock");
 	fprintf(stderr, "kaled: %s\n", error ? error : "start-up failed");
 	log_event(LOG_LVL_ERROR, "master.fail", "error", error, NULL);
 out:

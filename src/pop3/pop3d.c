@@ -413,7 +413,7 @@ static void pop3d_pass_check(struct pop3d_session *s, char *pass)
 		struct pop3d_login_job *j = xcalloc(1, sizeof(*j));
 		j->cfg = s->srv->cfg;
 		j->s = s;
-		snprintf(j->user, sizeof(j->user), "%s", s->user);
+		(void)util_fmt(j->user, sizeof(j->user), "%s", s->user);
 		j->pass = xstrdup(pass);
 		s->busy = 1;
 		s->login_pending = 1;
@@ -881,7 +881,7 @@ int pop3d_main(struct kale_ctx *ctx)
 	srv.cfg = ctx->cfg;
 	log_set_proc("pop3d");
 	signal(SIGPIPE, SIG_IGN);
-	if (store_open(ctx->cfg, &srv.st, &err) < 0) {
+	if (store_connect(ctx->cfg, &srv.st, &err) < 0) {
 		log_event(LOG_LVL_ERROR, "pop3.store_failed", "error", err, NULL);
 		goto cleanup;
 	}

@@ -1372,7 +1372,7 @@ int qmgr_main(struct kale_ctx *ctx)
 	memset(&q, 0, sizeof(q));
 	q.cfg = ctx->cfg;
 	log_set_proc("qmgr");
-	if (store_open(ctx->cfg, &q.st, &error) < 0) {
+	if (store_connect(ctx->cfg, &q.st, &error) < 0) {
 		log_event(LOG_LVL_ERROR, "store.error", "error", error, NULL);
 		free(error);
 		return 1;

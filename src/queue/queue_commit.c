@@ -53,9 +53,10 @@ static void queue_commit_work(struct queue_commit_batch *c, int incoming_fd)
 	}
 	for (int i = 0; i < c->n; i++) {
 		char from[128], to[128];
-		snprintf(from, sizeof(from), QUEUE_DIR_TMP "/%s", c->qid[i]);
-		snprintf(to, sizeof(to), QUEUE_DIR_INCOMING "/%s", c->qid[i]);
-		if (rename(from, to) < 0)
+		if (util_fmt(from, sizeof(from), QUEUE_DIR_TMP "/%s", c->qid[i]) < 0 ||
+		    util_fmt(to, sizeof(to), QUEUE_DIR_INCOMING "/%s", c->qid[i]) < 0)
+			c->err[i] = ENAMETOOLONG;
+		else if (rename(from, to) < 0)
 			c->err[i] = errno ? errno : EIO;
 	}
 	if (fsync(incoming_fd) < 0)
@@ -73,7 +74,7 @@ static struct queue_commit_batch *queue_commit_prepare(struct queue_commit_job *
 	c->err = xcalloc((size_t)n, sizeof(int));
 	c->sync_fd = batch->fd;
 	for (struct queue_commit_job *j = batch; j; j = j->next)
-		snprintf(c->qid[c->n++], sizeof(c->qid[0]), "%s", j->qid);
+		(void)util_fmt(c->qid[c->n++], sizeof(c->qid[0]), "%s", j->qid);
 	return c;
 }
 

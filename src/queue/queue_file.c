@@ -55,13 +55,12 @@ static void queue_buf_add(struct queue_buf *b, const void *p, size_t n)
 static void queue_buf_field(struct queue_buf *b, char type, const char *v, size_t vlen)
 {
 	char head[32];
-	int n = snprintf(head, sizeof(head), "%c%zu:", type, vlen);
 
-	if (n < 0 || (size_t)n >= sizeof(head)) {
+	if (util_fmt(head, sizeof(head), "%c%zu:", type, vlen) < 0) {
 		b->toobig = 1;
 		return;
 	}
-	queue_buf_add(b, head, (size_t)n);
+	queue_buf_add(b, head, strlen(head));
 	queue_buf_add(b, v, vlen);
 }
 

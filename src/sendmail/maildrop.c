@@ -14,24 +14,10 @@
 
 #include "lib/util.h"
 
-static int maildrop_put(int fd, const char *p, size_t n)
-{
-	while (n > 0) {
-		ssize_t w = write(fd, p, n);
-		if (w < 0 && errno == EINTR)
-			continue;
-		if (w <= 0)
-			return -1;
-		p += w;
-		n -= (size_t)w;
-	}
-	return 0;
-}
-
 static int maildrop_line(int fd, const char *tag, const char *value)
 {
-	return maildrop_put(fd, tag, strlen(tag)) < 0 || maildrop_put(fd, value, strlen(value)) < 0 ||
-	    maildrop_put(fd, "\n", 1) < 0 ? -1 : 0;
+	return fs_write_all(fd, tag, strlen(tag)) < 0 || fs_write_all(fd, value, strlen(value)) < 0 ||
+	    fs_write_all(fd, "\n", 1) < 0 ? -1 : 0;
 }
 
 int maildrop_write(const char *data_dir, const char *sender, char *const *rcpt, int n_rcpt,
@@ -59,13 +45,13 @@ int maildrop_write(const char *data_dir, const char *sender, char *const *rcpt, 
 		return -1;
 	}
 	/* the pickup runs as run_as: "others" may read, the folder hides it */
-	if (fchmod(fd, 0604) < 0 || maildrop_put(fd, MAILDROP_MAGIC, strlen(MAILDROP_MAGIC)) < 0 ||
+	if (fchmod(fd, 0604) < 0 || fs_write_all(fd, MAILDROP_MAGIC, strlen(MAILDROP_MAGIC)) < 0 ||
 	    maildrop_line(fd, "S ", sender) < 0)
 		goto fail;
 	for (int i = 0; i < n_rcpt; i++)
 		if (strchr(rcpt[i], '\n') != NULL || maildrop_line(fd, "R ", rcpt[i]) < 0)
 			goto fail;
-	if (maildrop_put(fd, "\n", 1) < 0 || maildrop_put(fd, msg, len) < 0 || fsync(fd) < 0 ||
+	if (fs_write_all(fd, "\n", 1) < 0 || fs_write_all(fd, msg, len) < 0 || fsync(fd) < 0 ||
 	    rename(tmp, dst) < 0 || syncfs(fd) < 0)
 		goto fail;
 	close(fd);
@@ -94,9 +80,12 @@ int maildrop_parse(char *buf, size_t len, struct maildrop_env *e)
 			return -1;
 		*nl = '\0';
 		i = (size_t)(nl - buf) + 1;
-		if (line[0] == '\0')
+		if (nl == line)
 			break;                  /* end of the envelope */
-		if (line[1] != ' ' || strlen(line + 2) > 320)
+		/* a NUL in an envelope line would cut it short (or pass for the
+		 * empty line): refused */
+		if (memchr(line, '\0', (size_t)(nl - line)) != NULL || line[1] != ' ' ||
+		    strlen(line + 2) > 320)
 			return -1;
 		for (const char *p = line + 2; *p; p++)
 			if ((unsigned char)*p < 0x21 || *p == 0x7f || *p == '<' || *p == '>')

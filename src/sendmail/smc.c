@@ -20,7 +20,7 @@ static void smc_err(struct smc *s, const char *fmt, ...)
 	va_list ap;
 
 	va_start(ap, fmt);
-	vsnprintf(s->error, sizeof(s->error), fmt, ap);
+	(void)util_vfmt(s->error, sizeof(s->error), fmt, ap);   /* a message: cut if longer */
 	va_end(ap);
 }
 
@@ -127,13 +127,13 @@ static int smc_cmd(struct smc *s, const char *what, int want, const char *fmt, .
 	int n, code;
 
 	va_start(ap, fmt);
-	n = vsnprintf(buf, sizeof(buf), fmt, ap);
+	n = util_vfmt(buf, sizeof(buf), fmt, ap);
 	va_end(ap);
-	if (n < 0 || (size_t)n >= sizeof(buf)) {
+	if (n < 0) {
 		smc_err(s, "%s: command too long", what);
 		return SMC_FAIL;
 	}
-	if (smc_write(s, buf, (size_t)n) < 0 || smc_flush(s) < 0 || (code = smc_reply(s)) < 0)
+	if (smc_write(s, buf, strlen(buf)) < 0 || smc_flush(s) < 0 || (code = smc_reply(s)) < 0)
 		return SMC_TEMPFAIL;
 	if (code / 100 == want)
 		return 0;

@@ -221,6 +221,7 @@ static const struct verb_def verb_table[] = {
 	{ "QUIT", SMTP_QUIT, 1 },     { "VRFY", SMTP_VRFY, 2 },
 	{ "EXPN", SMTP_EXPN, 2 },     { "HELP", SMTP_HELP, 0 },
 	{ "STARTTLS", SMTP_STARTTLS, 1 }, { "AUTH", SMTP_AUTH, 2 },
+	{ "XUID", SMTP_XUID, 2 },
 };
 
 enum smtp_parse_result smtp_parse_command(char *buf, size_t len, struct smtp_cmd *cmd)

@@ -16,7 +16,8 @@
 enum smtp_verb {
 	SMTP_UNKNOWN = 0, SMTP_HELO, SMTP_EHLO, SMTP_MAIL, SMTP_RCPT, SMTP_DATA,
 	SMTP_BDAT, SMTP_RSET, SMTP_NOOP, SMTP_QUIT, SMTP_VRFY, SMTP_EXPN,
-	SMTP_HELP, SMTP_STARTTLS, SMTP_AUTH
+	SMTP_HELP, SMTP_STARTTLS, SMTP_AUTH,
+	SMTP_XUID            /* kale's own, sendmail.sock only (maildrop pickup) */
 };
 
 struct smtp_cmd {

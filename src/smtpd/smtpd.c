@@ -22,6 +22,7 @@
 #include <openssl/ssl.h>
 
 #include "lib/log.h"
+#include "lib/dns.h"
 #include "lib/util.h"
 #include "queue/queue_file.h"
 #include "smtpd/smtpd_int.h"
@@ -55,16 +56,17 @@ static void *smtpd_on_accept(void *owner, struct server_conn *c)
 		 * than root and run_as sends only as itself (smtpd_local_sender). */
 		struct ucred cred;
 		socklen_t cl = sizeof(cred);
-		snprintf(s->ip, sizeof(s->ip), "local");
+		(void)util_fmt(s->ip, sizeof(s->ip), "local");
 		s->trusted = 1;
 		if (getsockopt(bufferevent_getfd(c->bev), SOL_SOCKET, SO_PEERCRED, &cred, &cl) == 0)
 			smtpd_local_identity(s, cred.uid);
 		else
 			s->local_uid = 65534;      /* unknown: treated as an ordinary user */
 	} else {
-		snprintf(s->ip, sizeof(s->ip), "%s", c->ip);
+		(void)util_fmt(s->ip, sizeof(s->ip), "%s", c->ip);
 		s->trusted = store_network_match(w->st, (const struct sockaddr *)&c->sa) == 1;
 	}
+	s->fs = filter_sess_new(&w->fenv, (const struct sockaddr *)&c->sa, s->ip, s->trusted);
 	smtpd_session_start(s);
 	return s;
 }
@@ -131,9 +133,9 @@ int smtpd_main(struct kale_ctx *ctx)
 	memset(&w, 0, sizeof(w));
 	w.ctx = ctx;
 	w.cfg = ctx->cfg;
-	snprintf(name, sizeof(name), "smtpd%d", ctx->worker_id);
+	(void)util_fmt(name, sizeof(name), "smtpd%d", ctx->worker_id);
 	log_set_proc(name);
-	if (store_open(ctx->cfg, &w.st, &error) < 0) {
+	if (store_connect(ctx->cfg, &w.st, &error) < 0) {
 		log_event(LOG_LVL_ERROR, "store.error", "error", error, NULL);
 		free(error);
 		return 1;
@@ -152,6 +154,20 @@ int smtpd_main(struct kale_ctx *ctx)
 		log_event(LOG_LVL_ERROR, "smtpd.pool", "error", error, NULL);
 		xfree(&error);
 	}
+	{
+		if (conf_dns_csv(ctx->cfg, w.dns_servers, sizeof(w.dns_servers)) < 0 ||
+		    (w.dns = dns_new(w.base, w.dns_servers, &error)) == NULL) {
+			/* the checks that need DNS answer "error" (4xx) */
+			log_event(LOG_LVL_ERROR, "smtpd.dns", "error", error ? error : "[dns] servers", NULL);
+			xfree(&error);
+		}
+	}
+	w.fenv.base = w.base;
+	w.fenv.dns = w.dns;
+	w.fenv.st = w.st;
+	w.fenv.hostname = ctx->cfg->hostname;
+	w.fenv.pool = w.pool;
+	w.fenv.dns_servers = w.dns_servers;
 	w.qc = queue_commit_new(w.base, incoming_fd, smtpd_committed, &op);
 	if (w.qc == NULL) {
 		if (strcmp(op, "pipe") == 0)
@@ -204,6 +220,7 @@ out:
 	queue_commit_drain(w.qc);
 	server_free(&w.server);       /* every session (whatever its state), the listeners */
 	lookup_pool_free(&w.pool);
+	dns_free(&w.dns);             /* after the sessions: their checks' lookups are cancelled */
 	store_log_flush(w.st);
 	store_close(&w.st);
 	queue_commit_free(&w.qc);     /* the thread, and queue/incoming's fd */

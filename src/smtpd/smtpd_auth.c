@@ -403,23 +403,23 @@ int smtpd_header_senders(struct smtpd_session *s, const char **reply_r)
 		int kind;
 		const char *many, *too_long, *syntax, *count, *owner;
 	} f[2] = {
-		{ HDRSCAN_FROM, "550 5.7.1 More than one From: header field",
+		{ HEADER_FROM, "550 5.7.1 More than one From: header field",
 		  "550 5.7.1 From: header field too long",
 		  "550 5.7.1 From: header field cannot be parsed",
 		  "550 5.7.1 From: header field without an address",
 		  "550 5.7.1 From: header address not owned by the authenticated user" },
-		{ HDRSCAN_SENDER, "550 5.7.1 More than one Sender: header field",
+		{ HEADER_SENDER, "550 5.7.1 More than one Sender: header field",
 		  "550 5.7.1 Sender: header field too long",
 		  "550 5.7.1 Sender: header field cannot be parsed",
 		  "550 5.7.1 Sender: header field must hold exactly one address",
 		  "550 5.7.1 Sender: header address not owned by the authenticated user" },
 	};
-	const struct hdrscan *h = s->tx.hs;
+	const struct header_scan *h = s->tx.hs;
 
 	if (h == NULL)
 		return -1;         /* cannot check: never let it pass */
 	for (int i = 0; i < 2; i++) {
-		const struct hdrscan_body *b = f[i].kind == HDRSCAN_FROM ? &h->from : &h->sender;
+		const struct header_scan_body *b = f[i].kind == HEADER_FROM ? &h->from : &h->sender;
 		struct addr_list l;
 		const char *err;
 		int own = 1;
@@ -436,11 +436,11 @@ int smtpd_header_senders(struct smtpd_session *s, const char **reply_r)
 		}
 		if (addr_parse_list(b->buf, b->len, &l, &err) < 0) {
 			log_event(LOG_LVL_INFO, "smtp.header", "qid", s->tx.qid, "client", s->ip, "field",
-			    f[i].kind == HDRSCAN_FROM ? "From" : "Sender", "error", err, NULL);
+			    f[i].kind == HEADER_FROM ? "From" : "Sender", "error", err, NULL);
 			*reply_r = f[i].syntax;
 			return 0;
 		}
-		if (l.n == 0 || (f[i].kind == HDRSCAN_SENDER && l.n != 1)) {
+		if (l.n == 0 || (f[i].kind == HEADER_SENDER && l.n != 1)) {
 			addr_list_free(&l);
 			*reply_r = f[i].count;
 			return 0;

@@ -17,8 +17,9 @@
 #include "auth/auth.h"
 #include "auth/brake.h"
 #include "conf/conf.h"
+#include "filter/filter.h"
 #include "lookup/lookup.h"
-#include "mail/hdrscan.h"
+#include "mail/header.h"
 #include "lib/proc.h"
 #include "lib/server.h"
 #include "queue/queue_commit.h"
@@ -72,10 +73,19 @@ struct smtpd_tx {
 	const char *bdat_error;    /* reply for the chunk when it is being discarded */
 	uint64_t body_len;
 	uint64_t started_us;
-	struct hdrscan *hs;        /* header scanner: authenticated or local mail, else NULL */
+	struct header_scan *hs;    /* header scanner: authenticated or local mail, else NULL */
 };
 
 struct smtpd_worker;
+
+/* A RCPT waiting for the filter pipeline's verdict (smtpd_rcpt.c). */
+struct smtpd_filterwait {
+	struct smtp_path p;
+	char addr[300];
+	char **targets;
+	int n;
+	int sync;                  /* inside filter_rcpt: the caller goes on */
+};
 
 /* A RCPT waiting for its verification profile. */
 struct smtpd_rcptwait {
@@ -94,6 +104,7 @@ struct smtpd_session {
 	uint64_t phase_ms;         /* when the current command or message began */
 	enum smtpd_state state;
 	enum kale_listen_kind kind;
+	char sid[24];              /* the session's id in the mail log (kalectl trace) */
 	char ip[INET6_ADDRSTRLEN];
 	char helo[256];
 	int esmtp;
@@ -111,6 +122,8 @@ struct smtpd_session {
 	char *auth_address;        /* authenticated address, NULL if none */
 	uint64_t auth_req;         /* pending pool request */
 	struct smtpd_rcptwait *rw; /* pending recipient verification */
+	struct filter_sess *fs;    /* the check pipeline's view of the session */
+	struct smtpd_filterwait *fw;   /* pending filter verdict */
 	struct event *auth_delay_ev;   /* the brake's delay before the check */
 	struct smtpd_authjob *auth_delayed;   /* the check waiting for it */
 	struct brake_ticket auth_brake;
@@ -130,6 +143,9 @@ struct smtpd_worker {
 	struct queue_commit *qc;                /* the group commit (queue/queue_commit.c) */
 	struct event *flush_ev;
 	struct lookup_pool *pool;
+	struct dns *dns;                        /* c-ares on base, for the checks */
+	char dns_servers[CONF_MAX_ADDRS * 300]; /* [dns] servers, for the pool's lookups */
+	struct filter_env fenv;
 	struct auth_settings auth;   /* cached, re-read at most once a second */
 	uint64_t auth_read_ms;
 };
@@ -141,7 +157,8 @@ struct smtpd_worker {
 /* What a command needs of the session before its handler runs. */
 enum smtpd_need {
 	SMTPD_NEED_HELO = 1 << 0,    /* HELO/EHLO given */
-	SMTPD_NEED_MAIL = 1 << 1     /* a transaction open (MAIL given) */
+	SMTPD_NEED_MAIL = 1 << 1,    /* a transaction open (MAIL given) */
+	SMTPD_NEED_LOCAL = 1 << 2    /* on sendmail.sock */
 };
 
 struct smtpd_command {

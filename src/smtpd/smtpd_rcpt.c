@@ -1,7 +1,8 @@
 /* smtpd_rcpt: RCPT in an smtpd worker: the postmaster and root-alias
  * rewriting of this host's names (smtpd_rcpt_host), the domain's
- * verification profile (off the loop, smtpd_verify_cb), and the decision
- * with alias resolution and de-duplication (smtpd_rcpt_decide). */
+ * verification profile (off the loop, smtpd_verify_cb), the decision
+ * with alias resolution and de-duplication (smtpd_rcpt_decide), and for
+ * inbound mail the filter pipeline's verdict (smtpd_filter_cb). */
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -14,6 +15,10 @@
 #include "smtpd/smtpd_int.h"
 
 static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a);
+static void smtpd_filter_cb(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason);
+static void smtpd_rcpt_add(struct smtpd_session *s, const struct smtp_path *pp, char **targets,
+    int n);
 static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *pp, const char *addr,
     int found, const struct store_domain *dom, int special);
 
@@ -23,7 +28,7 @@ static int smtpd_first_local_cb(void *ctx, const struct store_domain *d)
 {
 	if (!d->local)
 		return 0;
-	snprintf(ctx, 256, "%s", d->name);
+	(void)util_fmt(ctx, 256, "%s", d->name);
 	return 1;
 }
 
@@ -71,13 +76,13 @@ static int smtpd_rcpt_host(struct smtpd_session *s, struct smtp_path *p, char *a
 			smtpd_reject(s, addr, "451 4.3.0 Temporary lookup failure");
 			return -1;
 		}
-		snprintf(to, sizeof(to), "postmaster@%s", first[0] ? first : cfg->hostname);
+		(void)util_fmt(to, sizeof(to), "postmaster@%s", first[0] ? first : cfg->hostname);
 		log_event(LOG_LVL_WARN, "smtp.postmaster", "client", s->ip, "rcpt", addr, "to", to,
 		    "reason", "no [server] postmaster, and no postmaster user or alias in a local domain",
 		    NULL);
 	}
-	snprintf(addr, cap, "%s", to);
-	snprintf(p->domain, sizeof(p->domain), "%s", strrchr(to, '@') + 1);
+	(void)util_fmt(addr, cap, "%s", to);
+	(void)util_fmt(p->domain, sizeof(p->domain), "%s", strrchr(to, '@') + 1);
 	return 1;
 }
 
@@ -104,7 +109,7 @@ void smtpd_cmd_rcpt(struct smtpd_session *s, char *arg)
 		smtpd_reject(s, p.addr, "452 4.5.3 Too many recipients");
 		return;
 	}
-	snprintf(addr, sizeof(addr), "%s", p.addr);
+	(void)util_fmt(addr, sizeof(addr), "%s", p.addr);
 	if ((special = smtpd_rcpt_host(s, &p, addr, sizeof(addr))) < 0)
 		return;
 	found = p.domain_literal ? 0 : store_domain_get(s->w->st, p.domain, &dom);
@@ -118,7 +123,7 @@ void smtpd_cmd_rcpt(struct smtpd_session *s, char *arg)
 		/* The domain's verification profile decides first, off the loop. */
 		struct smtpd_rcptwait *rw = xcalloc(1, sizeof(*rw));
 		rw->p = p;
-		snprintf(rw->addr, sizeof(rw->addr), "%s", addr);
+		(void)util_fmt(rw->addr, sizeof(rw->addr), "%s", addr);
 		rw->dom = dom;
 		s->rw = rw;
 		s->state = SMTPD_WAIT;
@@ -148,7 +153,7 @@ static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
 		return;
 	}
 	s->state = SMTPD_CMD;
-	snprintf(usec, sizeof(usec), "%lld", (long long)a->elapsed_us);
+	(void)util_fmt(usec, sizeof(usec), "%lld", (long long)a->elapsed_us);
 	log_event(LOG_LVL_DEBUG, "verify.answer", "profile", a->profile, "to", rw->addr,
 	    "result", a->result == LOOKUP_FOUND ? "found" : a->result == LOOKUP_MISSING ? "missing" : "error",
 	    "detail", a->detail, "usec", usec, NULL);
@@ -172,8 +177,9 @@ static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
 		    "profile", a->profile, NULL);
 	}
 	free(rw);
-	if (s->busy)
-		return;          /* answered inside smtpd_process: its loop goes on */
+	if (s->busy || s->state == SMTPD_WAIT)
+		return;          /* answered inside smtpd_process (its loop goes on), or
+		                  * the filter pipeline has the recipient now */
 	bufferevent_enable(s->bev, EV_READ);
 	smtpd_process(s);
 }
@@ -249,6 +255,70 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 		smtpd_reject(s, addr, "452 4.5.3 Too many recipients");
 		return;
 	}
+	if (!s->trusted && !s->auth_address && !special && s->fs != NULL) {
+		/* inbound mail: the domain's filter policy decides (src/filter/) */
+		struct smtpd_filterwait *fw = xcalloc(1, sizeof(*fw));
+		fw->p = *pp;
+		(void)util_fmt(fw->addr, sizeof(fw->addr), "%s", addr);
+		fw->targets = targets;
+		fw->n = n;
+		fw->sync = 1;
+		s->fw = fw;
+		s->state = SMTPD_WAIT;
+		bufferevent_disable(s->bev, EV_READ);
+		filter_rcpt(s->fs, addr, found ? dom->filter : NULL, smtpd_filter_cb, s);
+		if (s->fw == fw)
+			fw->sync = 0;      /* the verdict comes later */
+		return;
+	}
+	smtpd_rcpt_add(s, pp, targets, n);
+}
+
+/* The filter pipeline's verdict on a recipient (maybe inside filter_rcpt). */
+static void smtpd_filter_cb(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason)
+{
+	struct smtpd_session *s = arg;
+	struct smtpd_filterwait *fw = s->fw;
+	int sync = fw->sync;
+
+	s->fw = NULL;
+	if (s->state == SMTPD_CLOSING) {
+		store_targets_free(fw->targets, fw->n);
+		free(fw);
+		return;
+	}
+	s->state = SMTPD_CMD;
+	if (v == FILTER_REJECT || v == FILTER_TEMPFAIL) {
+		char code[16] = "";
+		size_t k = strcspn(reply + 4, " ");
+		if (k < 8)
+			(void)util_fmt(code, sizeof(code), "%.*s", (int)(4 + k), reply);
+		smtpd_reply(s, "%s", reply);
+		smtpd_log_row(s, check && strcmp(check, "greylist") == 0 ? "greylisted" : "rejected",
+		    fw->addr, code, reason);
+		log_event(LOG_LVL_INFO, "smtp.reject", "client", s->ip, "from", s->tx.mail.addr,
+		    "to", fw->addr, "reply", reply, "check", check, NULL);
+		store_targets_free(fw->targets, fw->n);
+	} else {
+		if (v != FILTER_ACCEPT)
+			log_event(LOG_LVL_INFO, "filter.verdict", "client", s->ip, "to", fw->addr,
+			    "verdict", v == FILTER_TAG ? "tag" : "quarantine", "reason", reason, NULL);
+		smtpd_rcpt_add(s, &fw->p, fw->targets, fw->n);
+	}
+	free(fw);
+	if (sync || s->busy)
+		return;            /* smtpd_process's loop goes on */
+	bufferevent_enable(s->bev, EV_READ);
+	smtpd_process(s);
+}
+
+/* Takes the recipient: its targets join the transaction. */
+static void smtpd_rcpt_add(struct smtpd_session *s, const struct smtp_path *pp, char **targets,
+    int n)
+{
+	struct smtpd_tx *tx = &s->tx;
+
 	tx->rcpt = xrealloc(tx->rcpt, sizeof(*tx->rcpt) * (size_t)(tx->n_rcpt + 1));
 	tx->rcpt[tx->n_rcpt].orig = xstrdup(pp->addr);
 	tx->rcpt[tx->n_rcpt].orcpt = pp->orcpt[0] ? xstrdup(pp->orcpt) : NULL;

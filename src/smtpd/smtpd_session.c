@@ -89,7 +89,8 @@ static void smtpd_helo(struct smtpd_session *s, const char *arg, int esmtp)
 		return;
 	}
 	smtpd_tx_reset(s);
-	snprintf(s->helo, sizeof(s->helo), "%s", arg);
+	(void)util_fmt(s->helo, sizeof(s->helo), "%s", arg);
+	filter_helo(s->fs, s->helo);
 	s->helo_done = 1;
 	s->esmtp = esmtp;
 	if (!esmtp) {
@@ -180,18 +181,17 @@ void smtpd_local_identity(struct smtpd_session *s, uid_t uid)
 	s->local_uid = (long)uid;
 	s->local_user[0] = '\0';
 	if (getpwuid_r(uid, &pw, pwbuf, sizeof(pwbuf), &pwr) == 0 && pwr != NULL)
-		snprintf(s->local_user, sizeof(s->local_user), "%s", pwr->pw_name);
+		(void)util_fmt(s->local_user, sizeof(s->local_user), "%s", pwr->pw_name);
 }
 
 /* "XUID uid" on sendmail.sock, from root or run_as only (the maildrop
  * pickup): the session then speaks for that uid, as if the user had
  * connected (sender rules, added headers, Received). Once per session,
  * before MAIL; the new identity is not trusted to change it again. */
-static void smtpd_cmd_xuid(struct smtpd_session *s, const char *arg, size_t len)
+static void smtpd_cmd_xuid(struct smtpd_session *s, char *arg)
 {
 	char *end;
 	unsigned long uid;
-	char num[24];
 
 	if (s->local_uid != 0 && s->local_uid != (long)geteuid()) {
 		smtpd_reply(s, "550 5.7.0 XUID is for the maildrop pickup only");
@@ -201,17 +201,9 @@ static void smtpd_cmd_xuid(struct smtpd_session *s, const char *arg, size_t len)
 		smtpd_reply(s, "503 5.5.1 XUID inside a transaction");
 		return;
 	}
-	while (len > 0 && (arg[len - 1] == '\r' || arg[len - 1] == '\n'))
-		len--;
-	if (len == 0 || len >= sizeof(num) || strspn(arg, "0123456789") < len) {
-		smtpd_reply(s, "501 5.5.4 Syntax: XUID uid");
-		return;
-	}
-	memcpy(num, arg, len);
-	num[len] = '\0';
 	errno = 0;
-	uid = strtoul(num, &end, 10);
-	if (errno != 0 || uid > 0xfffffffeUL) {
+	uid = strtoul(arg, &end, 10);
+	if (arg[0] < '0' || arg[0] > '9' || *end != '\0' || errno != 0 || uid > 0xfffffffeUL) {
 		smtpd_reply(s, "501 5.5.4 Syntax: XUID uid");
 		return;
 	}
@@ -257,7 +249,7 @@ static void smtpd_cmd_help(struct smtpd_session *s, char *arg)
  * BDAT bytes are taken by smtpd_process_loop before this). A need not met
  * is answered with the entry's reply, not counted as an error; the checks
  * that depend on more than the session's state stay in the handlers.
- * XUID is not here: it is a raw line on sendmail.sock (smtpd_command). */
+ * XUID elsewhere than on sendmail.sock is as unknown as any other verb. */
 #define CMD SMTPD_ST(SMTPD_CMD)
 static const struct smtpd_command smtpd_commands[] = {
 	{ SMTP_HELO, "HELO", CMD, 0, NULL, smtpd_cmd_helo },
@@ -275,6 +267,7 @@ static const struct smtpd_command smtpd_commands[] = {
 	{ SMTP_HELP, "HELP", CMD, 0, NULL, smtpd_cmd_help },
 	{ SMTP_STARTTLS, "STARTTLS", CMD, 0, NULL, smtpd_cmd_starttls },
 	{ SMTP_AUTH, "AUTH", CMD, 0, NULL, smtpd_cmd_auth },
+	{ SMTP_XUID, "XUID", CMD, SMTPD_NEED_LOCAL, "500 5.5.1 Command unrecognized", smtpd_cmd_xuid },
 };
 #undef CMD
 
@@ -298,15 +291,12 @@ const char *smtpd_command_refusal(const struct smtpd_command *c, enum smtpd_stat
 /* The enum smtpd_need bits the session meets now. */
 static unsigned smtpd_session_has(const struct smtpd_session *s)
 {
-	return (s->helo_done ? SMTPD_NEED_HELO : 0u) | (s->tx.active ? SMTPD_NEED_MAIL : 0u);
+	return (s->helo_done ? SMTPD_NEED_HELO : 0u) | (s->tx.active ? SMTPD_NEED_MAIL : 0u) |
+	    (s->kind == LISTEN_LOCAL ? SMTPD_NEED_LOCAL : 0u);
 }
 
 static void smtpd_command(struct smtpd_session *s, char *line, size_t len)
 {
-	if (s->kind == LISTEN_LOCAL && len > 5 && strncasecmp(line, "XUID ", 5) == 0) {
-		smtpd_cmd_xuid(s, line + 5, len - 5);
-		return;
-	}
 	struct smtp_cmd cmd;
 	const struct smtpd_command *c;
 	const char *refuse;
@@ -576,6 +566,11 @@ void smtpd_session_release(void *arg)
 	if (s->rw) {
 		lookup_cancel(w->pool, s->rw->req);
 		xfree(&s->rw);
+	}
+	filter_sess_free(&s->fs);        /* a pending verdict is not called back */
+	if (s->fw) {
+		store_targets_free(s->fw->targets, s->fw->n);
+		xfree(&s->fw);
 	}
 	if (s->auth_delay_ev)
 		event_free(s->auth_delay_ev);

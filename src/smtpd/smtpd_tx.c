@@ -103,43 +103,39 @@ static void smtpd_default_from(const struct smtpd_session *s, char *buf, size_t 
 	const char *host = s->w->cfg->hostname;
 
 	if (s->auth_address != NULL)
-		snprintf(buf, cap, "%s", s->auth_address);
+		(void)util_fmt(buf, cap, "%s", s->auth_address);
 	else if (!s->tx.mail.is_null && s->tx.mail.addr[0])
-		snprintf(buf, cap, "%s", s->tx.mail.addr);
+		(void)util_fmt(buf, cap, "%s", s->tx.mail.addr);
 	else
-		snprintf(buf, cap, "%s@%s", s->local_user[0] ? s->local_user : "MAILER-DAEMON", host);
+		(void)util_fmt(buf, cap, "%s@%s", s->local_user[0] ? s->local_user : "MAILER-DAEMON", host);
 }
 
-/* The end of the header section (hdrscan): the missing Date:, Message-ID:
+/* The end of the header section (header_scan): the missing Date:, Message-ID:
  * and From: are written here, before the empty line or the first body line. */
-static void smtpd_hdr_end(void *ctx, const struct hdrscan *h)
+static void smtpd_hdr_end(void *ctx, const struct header_scan *h)
 {
 	struct smtpd_session *s = ctx;
 	struct smtpd_tx *tx = &s->tx;
 	char line[SMTP_PATH_MAX + 512], who[SMTP_PATH_MAX + 128];
-	int n;
 
-	if (h->count[HDRSCAN_DATE] == 0) {
+	if (h->count[HEADER_DATE] == 0) {
 		char date[64];
 		time_t now = time(NULL);
 		struct tm tm;
 
 		localtime_r(&now, &tm);
 		strftime(date, sizeof(date), "%a, %d %b %Y %H:%M:%S %z", &tm);
-		n = snprintf(line, sizeof(line), "Date: %s\n", date);
-		if (n > 0 && (size_t)n < sizeof(line))
-			smtpd_out(tx, line, (size_t)n);
+		if (util_fmt(line, sizeof(line), "Date: %s\n", date) == 0)
+			smtpd_out(tx, line, strlen(line));
 	}
-	if (h->count[HDRSCAN_MESSAGE_ID] == 0) {
-		n = snprintf(line, sizeof(line), "Message-ID: <%s@%s>\n", tx->qid, s->w->cfg->hostname);
-		if (n > 0 && (size_t)n < sizeof(line))
-			smtpd_out(tx, line, (size_t)n);
+	if (h->count[HEADER_MESSAGE_ID] == 0) {
+		if (util_fmt(line, sizeof(line), "Message-ID: <%s@%s>\n", tx->qid, s->w->cfg->hostname) == 0)
+			smtpd_out(tx, line, strlen(line));
 	}
-	if (h->count[HDRSCAN_FROM] == 0) {
+	if (h->count[HEADER_FROM] == 0) {
 		smtpd_default_from(s, who, sizeof(who));
-		n = snprintf(line, sizeof(line), "From: %s\n", who);
-		if (n > 0 && (size_t)n < sizeof(line))
-			smtpd_out(tx, line, (size_t)n);
+		if (util_fmt(line, sizeof(line), "From: %s\n", who) == 0)
+			smtpd_out(tx, line, strlen(line));
 	}
 }
 
@@ -150,7 +146,7 @@ static void smtpd_body_out(void *ctx, const char *p, size_t n)
 	struct smtpd_session *s = ctx;
 
 	if (s->tx.hs != NULL)
-		hdrscan_feed(s->tx.hs, p, n, smtpd_hs_out, smtpd_hdr_end, s);
+		header_scan_feed(s->tx.hs, p, n, smtpd_hs_out, smtpd_hdr_end, s);
 	else
 		smtpd_out(&s->tx, p, n);
 }
@@ -173,7 +169,6 @@ static int smtpd_tx_open(struct smtpd_session *s)
 	time_t now = time(NULL);
 	struct tm tm;
 	SSL *ssl;
-	int n;
 
 	if (smtpd_disk_free() < SMTPD_DISK_RESERVE + tx->mail.size) {
 		smtpd_reject(s, NULL, "452 4.3.1 Insufficient system storage");
@@ -199,27 +194,25 @@ static int smtpd_tx_open(struct smtpd_session *s)
 		const SSL_CIPHER *c = SSL_get_current_cipher(ssl);
 		int alg_bits = 0, bits = SSL_CIPHER_get_bits(c, &alg_bits);
 
-		snprintf(tlsinfo, sizeof(tlsinfo), "\n\t(using %s with cipher %s (%d/%d bits))",
+		(void)util_fmt(tlsinfo, sizeof(tlsinfo), "\n\t(using %s with cipher %s (%d/%d bits))",
 		    SSL_get_version(ssl), SSL_CIPHER_get_name(c), bits, alg_bits);
 	}
 	/* WITH protocol: ESMTP + S (TLS) + A (authenticated), RFC 3848; with
 	 * SMTPUTF8 it is UTF8SMTP + S + A (RFC 6531 section 3.7.3). */
 	if (s->local_uid >= 0)          /* local injection: the uid, as Postfix's pickup */
-		snprintf(tlsinfo, sizeof(tlsinfo), "\n\t(uid %ld%s%s)", s->local_uid,
+		(void)util_fmt(tlsinfo, sizeof(tlsinfo), "\n\t(uid %ld%s%s)", s->local_uid,
 		    s->local_user[0] ? " " : "", s->local_user);
-	n = snprintf(hdr, sizeof(hdr),
+	if (util_fmt(hdr, sizeof(hdr),
 	    "Received: from %s (%s [%s])%s\n\tby %s (kale) with %s%s%s id %s%s%s%s;\n\t%s\n",
 	    s->helo[0] ? s->helo : "unknown", s->ip, s->ip, tlsinfo, s->w->cfg->hostname,
 	    tx->mail.smtputf8 ? "UTF8SMTP" : s->esmtp ? "ESMTP" : "SMTP", s->tls ? "S" : "",
 	    s->auth_address ? "A" : "",
 	    tx->qid, tx->n_rcpt == 1 ? "\n\tfor <" : "", tx->n_rcpt == 1 ? tx->rcpt[0].orig : "",
-	    tx->n_rcpt == 1 ? ">" : "", date);
-	if (n < 0 || (size_t)n >= sizeof(hdr))
-		n = 0;
-	smtpd_out(tx, hdr, (size_t)n);
+	    tx->n_rcpt == 1 ? ">" : "", date) == 0)
+		smtpd_out(tx, hdr, strlen(hdr));
 	if (smtpd_adds_headers(s)) {
 		tx->hs = xmalloc(sizeof(*tx->hs));
-		hdrscan_init(tx->hs);
+		header_scan_init(tx->hs);
 	}
 	return 0;
 }
@@ -243,14 +236,14 @@ static void smtpd_accepted(struct smtpd_session *s)
 	struct smtpd_tx *tx = &s->tx;
 	char delay[32];
 
-	snprintf(delay, sizeof(delay), "%.3f", (double)(util_now_us() - tx->started_us) / 1e6);
+	(void)util_fmt(delay, sizeof(delay), "%.3f", (double)(util_now_us() - tx->started_us) / 1e6);
 	smtpd_reply(s, "250 2.0.0 Ok: queued as %s", tx->qid);
 	for (int i = 0; i < tx->n_rcpt; i++)
 		smtpd_log_row(s, "accepted", tx->rcpt[i].orig, "250 2.0.0", NULL);
 	{
 		char size[32], nr[16];
-		snprintf(size, sizeof(size), "%llu", (unsigned long long)tx->body_len);
-		snprintf(nr, sizeof(nr), "%d", tx->n_rcpt);
+		(void)util_fmt(size, sizeof(size), "%llu", (unsigned long long)tx->body_len);
+		(void)util_fmt(nr, sizeof(nr), "%d", tx->n_rcpt);
 		log_event(LOG_LVL_INFO, "smtp.accept", "qid", tx->qid, "client", s->ip,
 		    "from", tx->mail.addr, "to", tx->rcpt[0].orig, "nrcpt", nr, "size", size,
 		    "delay", delay, NULL);
@@ -296,7 +289,7 @@ void smtpd_message_done(struct smtpd_session *s)
 	struct queue_env env = { 0 };
 
 	if (tx->hs != NULL && !tx->data.too_big)
-		hdrscan_finish(tx->hs, smtpd_hs_out, smtpd_hdr_end, s);
+		header_scan_finish(tx->hs, smtpd_hs_out, smtpd_hdr_end, s);
 	smtpd_wflush(tx);
 	if (tx->data.too_big) {
 		smtpd_reject(s, NULL, "552 5.3.4 Message size exceeds fixed limit");
@@ -320,7 +313,7 @@ void smtpd_message_done(struct smtpd_session *s)
 	if (tx->werrno == 0) {
 		env.version = QUEUE_FORMAT_VERSION;
 		env.auth_user = s->auth_address;
-		snprintf(env.qid, sizeof(env.qid), "%s", tx->qid);
+		(void)util_fmt(env.qid, sizeof(env.qid), "%s", tx->qid);
 		env.arrival = time(NULL);
 		env.client_ip = s->ip;
 		env.helo = s->helo;
@@ -427,6 +420,7 @@ void smtpd_cmd_mail(struct smtpd_session *s, char *arg)
 		return;
 	}
 	tx->active = 1;
+	filter_mail(s->fs, tx->mail.addr);
 	smtpd_reply(s, "250 2.1.0 Ok");
 }
 

@@ -11,11 +11,20 @@
 struct kale_config;
 typedef struct store store;
 
-/* Opens the store named by cfg->db_url ("sqlite:PATH", PATH relative to
- * cfg->data_dir), creating it if needed, and runs pending migrations. A
- * store whose schema is current is only read (no write, no write lock); a
- * newer schema is refused. Returns 0, or -1 with a malloc'd *error_r. */
-int store_open(const struct kale_config *cfg, store **st_r, char **error_r);
+/* Connecting is apart from migrating. Every kaled child (smtpd, qmgr,
+ * pop3d, imapd, the lookup and auth threads) connects: store_connect opens
+ * the store named by cfg->db_url ("sqlite:PATH", PATH relative to
+ * cfg->data_dir) and writes nothing; a missing file or a schema that is not
+ * this build's is refused ("store schema version 3, this kaled expects 5:
+ * start kaled (master) to migrate"). Only the master at start-up (in its
+ * run_as child) and kalectl, which may run before kaled ever ran, migrate:
+ * store_open_migrate creates the file if needed and runs pending
+ * migrations, store_migrate does that and closes. A store whose schema is
+ * current is only read by either (no write, no write lock); a newer schema
+ * is refused by both. Each returns 0, or -1 with a malloc'd *error_r. */
+int store_connect(const struct kale_config *cfg, store **st_r, char **error_r);
+int store_open_migrate(const struct kale_config *cfg, store **st_r, char **error_r);
+int store_migrate(const struct kale_config *cfg, char **error_r);
 /* The schema version this build migrates to (the number of migrations). */
 int store_schema_version(void);
 /* Flushes buffered log rows and closes; accepts NULL; sets *st to NULL. */
@@ -30,6 +39,7 @@ struct store_domain {
 	char relay[300];      /* relay: "HOST[:PORT]", "[v6]:PORT", "mx", "ldap:PROFILE"; "" for local */
 	char tls[16];         /* "opportunistic" (default) or "require" */
 	char verify[64];      /* verification profile name, "" = none */
+	char filter[64];      /* filter policy ("default"; "" in store_domain_add = default) */
 };
 /* 1 found (fills *d_r), 0 missing, -1 error. Name is matched case-insensitively. */
 int store_domain_get(store *st, const char *name, struct store_domain *d_r);
@@ -37,6 +47,8 @@ int store_domain_get(store *st, const char *name, struct store_domain *d_r);
  * with PROFILE, any other none); "none" is no verification. */
 int store_domain_add(store *st, const struct store_domain *d, char **error_r);
 int store_domain_set_verify(store *st, const char *name, const char *verify, char **error_r);
+/* The policy must exist (kalectl filter add). */
+int store_domain_set_filter(store *st, const char *name, const char *policy, char **error_r);
 int store_domain_del(store *st, const char *name, char **error_r);
 /* Calls cb for each domain in name order; stops early if cb returns non-zero. 0 ok, -1 error. */
 int store_domain_list(store *st, int (*cb)(void *ctx, const struct store_domain *d), void *ctx);
@@ -116,6 +128,7 @@ int store_network_match(store *st, const struct sockaddr *sa);
 struct store_log_row {
 	int64_t ts;            /* unix time, seconds; 0 = now */
 	const char *qid;       /* any field may be NULL */
+	const char *session;   /* the SMTP session (smtpd, filter rows) */
 	const char *client;    /* client IP */
 	const char *helo;
 	const char *sender;
@@ -180,6 +193,110 @@ int store_verify_cache_put(store *st, const char *profile, const char *address, 
 /* Drops the cached answers of PROFILE (NULL: all). Returns the number of rows
  * dropped, or -1. */
 long store_verify_cache_flush(store *st, const char *profile, char **error_r);
+
+
+/* ---- filter policies, lists and greylisting (store_filter.c; issue 13) ----
+ * The store keeps the rows; src/filter/ says what they mean (check names,
+ * actions, options). Names of policies are [A-Za-z0-9._-], 1-63, matched
+ * case-insensitively. */
+struct store_filter_policy {
+	char name[64];
+	double tag, quarantine, reject;   /* spam score thresholds */
+};
+struct store_filter_check {
+	char name[32];          /* the check ("dnsbl") */
+	char action[32];        /* "reject", "tempfail", "score", ... */
+	double score;           /* for action score */
+	char on_error[16];      /* "tempfail" or "pass" */
+	char options[2048];     /* a JSON object */
+};
+struct store_filter_list {
+	char policy[64];
+	char list[8];           /* "allow" or "block" */
+	char kind[16];          /* "sender" "client" "helo" "recipient" */
+	char value[320];
+	char skip[256];         /* allow: checks it skips, comma separated ("" = default) */
+	char comment[256];
+};
+/* A number that moves whenever a policy, check or list changes (on any
+ * node): filter caches compare it. 0 or -1. */
+int store_filter_version(store *st, int64_t *v_r);
+/* 0 if POLICY exists, else -1 with *error_r. */
+int store_filter_policy_check(store *st, const char *policy, char **error_r);
+/* 1 found, 0 missing, -1 error. */
+int store_filter_policy_get(store *st, const char *name, struct store_filter_policy *p_r);
+int store_filter_policy_list(store *st,
+    int (*cb)(void *ctx, const struct store_filter_policy *p), void *ctx);
+/* A new policy with the built-in settings, or (copy_of) a copy of another's
+ * thresholds, checks and lists. */
+int store_filter_policy_add(store *st, const char *name, const char *copy_of, char **error_r);
+/* Refused for "default" and while a domain uses the policy. */
+int store_filter_policy_del(store *st, const char *name, char **error_r);
+int store_filter_policy_scores(store *st, const char *name, double tag, double quarantine,
+    double reject, char **error_r);
+/* The check rows of a policy (checks without a row are not listed). */
+int store_filter_check_list(store *st, const char *policy,
+    int (*cb)(void *ctx, const struct store_filter_check *c), void *ctx);
+/* Adds or replaces the row of check c->name in POLICY. */
+int store_filter_check_set(store *st, const char *policy, const struct store_filter_check *c,
+    char **error_r);
+/* l->policy "" = "default". */
+int store_filter_list_add(store *st, const struct store_filter_list *l, char **error_r);
+int store_filter_list_del(store *st, const struct store_filter_list *l, char **error_r);
+/* policy NULL: every policy's entries. */
+int store_filter_list_each(store *st, const char *policy,
+    int (*cb)(void *ctx, const struct store_filter_list *l), void *ctx);
+
+struct store_greylist {
+	char net[64];           /* "192.0.2.0/24", "2001:db8::/64" */
+	char sender[320];       /* "" for <> */
+	char rcpt[320];
+	int64_t first_seen, last_seen, expires;
+	int passed;             /* retried after the delay */
+};
+/* 1 found, 0 missing, -1 error. */
+int store_greylist_get(store *st, const char *net, const char *sender, const char *rcpt,
+    struct store_greylist *g_r);
+int store_greylist_put(store *st, const struct store_greylist *g);
+/* 1 found (passes, expires), 0 missing, -1 error. */
+int store_greylist_client_get(store *st, const char *net, int *passes_r, int64_t *expires_r);
+int store_greylist_client_put(store *st, const char *net, int passes, int64_t expires);
+/* Entries not yet expired at now, newest first, at most limit. */
+int store_greylist_list(store *st, int64_t now, int limit,
+    int (*cb)(void *ctx, const struct store_greylist *g), void *ctx);
+/* Drops entries: all (what NULL), of a client network or of an address
+ * (sender or recipient), and every expired one. Number dropped, or -1. */
+long store_greylist_flush(store *st, const char *what, int64_t now, char **error_r);
+
+/* Rate counters (the rate check): adds messages and rcpts to KEY's
+ * window of `window` seconds (a window older than that starts again at
+ * now) and reads the sums back. 0 or -1. */
+int store_rate_hit(store *st, const char *key, int64_t now, int64_t window, int messages,
+    int rcpts, int64_t *messages_r, int64_t *rcpts_r);
+
+/* ---- DKIM signing keys (store_dkim.c) ----
+ * One row per (domain, selector); a domain signs with its newest key. The
+ * private key is a PEM text: it is read only by store_dkim_get (signing,
+ * kalectl dkim sign), never by store_dkim_list. */
+struct store_dkim_key {
+	char domain[256];       /* lower case */
+	char selector[64];      /* lower case */
+	char algorithm[32];     /* "rsa-sha256" or "ed25519-sha256" */
+	char private_key[8192]; /* PEM; "" from store_dkim_list. Wipe after use. */
+	char txt[1024];         /* the TXT record published at SELECTOR._domainkey.DOMAIN */
+	int64_t created;        /* unix seconds */
+};
+/* Adds k (created 0 = now). The domain must exist (kalectl domain add);
+ * selector [A-Za-z0-9_-] labels, algorithm as above. 0 or -1. */
+int store_dkim_add(store *st, const struct store_dkim_key *k, char **error_r);
+/* selector NULL: the domain's newest key. 1 found (fills *k_r), 0 none, -1 error. */
+int store_dkim_get(store *st, const char *domain, const char *selector,
+    struct store_dkim_key *k_r);
+/* Every key, by domain and newest first, without the private keys. */
+int store_dkim_list(store *st, int (*cb)(void *ctx, const struct store_dkim_key *k), void *ctx);
+/* Deletes DOMAIN's key SELECTOR, or all its keys (selector NULL). The
+ * number deleted (>= 1), or -1 with *error_r (none: "no DKIM key ..."). */
+long store_dkim_del(store *st, const char *domain, const char *selector, char **error_r);
 
 /* ---- SMTP AUTH (store_auth.c; added by H12) ---- */
 /* Settings are key/value rows; src/auth/ validates and interprets them.

@@ -22,7 +22,7 @@ static char *store_targets_norm(const char *targets, char **error_r)
 	int n = 0;
 
 	if (cap > STORE_TARGETS_MAX)
-		return store_err(error_r, "target list too long (max %d bytes)", STORE_TARGETS_MAX), NULL;
+		return util_err(error_r, "target list too long (max %d bytes)", STORE_TARGETS_MAX), NULL;
 	out = xmalloc(cap + 1);
 	out[0] = '\0';
 	copy = xstrdup(targets);
@@ -53,7 +53,7 @@ static char *store_targets_norm(const char *targets, char **error_r)
 				continue;
 		}
 		if (len + strlen(addr) + 2 > cap) {   /* cannot happen: out only shrinks */
-			store_err(error_r, "target list too long");
+			util_err(error_r, "target list too long");
 			goto fail;
 		}
 		if (len > 0)
@@ -63,7 +63,7 @@ static char *store_targets_norm(const char *targets, char **error_r)
 		n++;
 	}
 	if (n == 0) {
-		store_err(error_r, "no targets");
+		util_err(error_r, "no targets");
 		goto fail;
 	}
 	free(copy);
@@ -83,26 +83,18 @@ int store_alias_add(store *st, const char *address, const char *targets, char **
 	if (store_local_address(st, address, 0, addr, sizeof(addr), domain, sizeof(domain), error_r) < 0)
 		return -1;
 	if (targets == NULL || (norm = store_targets_norm(targets, error_r)) == NULL)
-		return targets == NULL ? store_err(error_r, "no targets") : -1;
+		return targets == NULL ? util_err(error_r, "no targets") : -1;
 	rc = store_user_exists(st, addr);
 	if (rc != 0) {
 		if (rc > 0)
-			store_err(error_r, "%s is a user; an alias cannot have the same address", addr);
+			util_err(error_r, "%s is a user; an alias cannot have the same address", addr);
 		else
 			store_err_db(st, error_r, "store: user lookup");
 		free(norm);
 		return -1;
 	}
-	switch (store_run(st, ST_ALIAS_ADD, "ttt", addr, domain, norm)) {
-	case STORE_DONE:
-		rc = 0;
-		break;
-	case STORE_DUP:
-		rc = store_err(error_r, "alias %s already exists", addr);
-		break;
-	default:
-		rc = store_err_db(st, error_r, "store: add alias");
-	}
+	rc = store_run_added(st, store_run(st, ST_ALIAS_ADD, "ttt", addr, domain, norm), "alias",
+	    addr, error_r);
 	free(norm);
 	return rc;
 }
@@ -112,7 +104,7 @@ int store_alias_del(store *st, const char *address, char **error_r)
 	if (store_run(st, ST_ALIAS_DEL, "t", address) != STORE_DONE)
 		return store_err_db(st, error_r, "store: delete alias");
 	if (store_changes(st) == 0)
-		return store_err(error_r, "no such alias %.320s", address);
+		return util_err(error_r, "no such alias %.320s", address);
 	return 0;
 }
 
@@ -182,7 +174,7 @@ static int store_resolve_add(struct store_resolve *r, const char *addr)
 	if (store_list_has(r->out, r->n_out, addr))
 		return 0;
 	if (r->n_out >= STORE_ALIAS_TARGETS)
-		return store_err(r->error_r, "alias expands to more than %d recipients", STORE_ALIAS_TARGETS);
+		return util_err(r->error_r, "alias expands to more than %d recipients", STORE_ALIAS_TARGETS);
 	r->out = xrealloc(r->out, sizeof(char *) * (size_t)(r->n_out + 1));
 	r->out[r->n_out++] = xstrdup(addr);
 	return 0;
@@ -224,7 +216,7 @@ static int store_resolve_one(struct store_resolve *r, const char *addr, int dept
 	}
 	if (depth >= STORE_ALIAS_DEPTH) {
 		free(targets);
-		return store_err(r->error_r, "alias nesting deeper than %d levels at %.320s",
+		return util_err(r->error_r, "alias nesting deeper than %d levels at %.320s",
 		    STORE_ALIAS_DEPTH, addr);
 	}
 	r->seen = xrealloc(r->seen, sizeof(char *) * (size_t)(r->n_seen + 1));

@@ -45,9 +45,9 @@ int store_auth_get(store *st, const char *key, char *value, size_t cap)
 int store_auth_set(store *st, const char *key, const char *value, char **error_r)
 {
 	if (!store_auth_key_ok(key))
-		return store_err(error_r, "bad auth setting name");
+		return util_err(error_r, "bad auth setting name");
 	if (value == NULL || strlen(value) > 300)
-		return store_err(error_r, "auth setting %s: value missing or too long", key);
+		return util_err(error_r, "auth setting %s: value missing or too long", key);
 	if (store_run(st, ST_AUTH_SET, "tt", key, value) != STORE_DONE)
 		return store_err_db(st, error_r, "store: auth set");
 	return 0;
@@ -69,14 +69,14 @@ static int store_auth_host_ok(const char *host)
 int store_auth_server_check(const struct store_auth_server *srv, char **error_r)
 {
 	if (strcmp(srv->proto, "pop3") != 0 && strcmp(srv->proto, "imap") != 0)
-		return store_err(error_r, "proto must be pop3 or imap");
+		return util_err(error_r, "proto must be pop3 or imap");
 	if (strcmp(srv->tls, "plain") != 0 && strcmp(srv->tls, "ssl") != 0 &&
 	    strcmp(srv->tls, "starttls") != 0)
-		return store_err(error_r, "tls must be plain, ssl or starttls");
+		return util_err(error_r, "tls must be plain, ssl or starttls");
 	if (!store_auth_host_ok(srv->host))
-		return store_err(error_r, "bad host '%.253s': a host name, IPv4 or IPv6 address", srv->host);
+		return util_err(error_r, "bad host '%.253s': a host name, IPv4 or IPv6 address", srv->host);
 	if (srv->port < 1 || srv->port > 65535)
-		return store_err(error_r, "port must be 1-65535");
+		return util_err(error_r, "port must be 1-65535");
 	return 0;
 }
 
@@ -94,7 +94,7 @@ static int store_auth_server_add_tx(store *st, void *ctx, char **error_r)
 	if (store_run_int(st, ST_AUTH_SERVER_COUNT, &n, "") < 0)
 		return store_err_db(st, error_r, "store: count auth servers");
 	if (n >= STORE_AUTH_SERVERS_MAX)
-		return store_err(error_r, "at most %d auth servers", STORE_AUTH_SERVERS_MAX);
+		return util_err(error_r, "at most %d auth servers", STORE_AUTH_SERVERS_MAX);
 	if (store_run(st, ST_AUTH_SERVER_ADD, "Itttii", n + 1, srv->proto, srv->tls, srv->host,
 	    srv->port, srv->enabled ? 1 : 0) != STORE_DONE)
 		return store_err_db(st, error_r, "store: add auth server");
@@ -155,7 +155,7 @@ static int store_auth_server_del_tx(store *st, void *ctx, char **error_r)
 	if (store_run(st, ST_AUTH_SERVER_DEL, "I", id) != STORE_DONE)
 		return store_err_db(st, error_r, "store: delete auth server");
 	if (store_changes(st) == 0)
-		return store_err(error_r, "auth server %lld does not exist", (long long)id);
+		return util_err(error_r, "auth server %lld does not exist", (long long)id);
 	if ((ids = store_auth_ids(st, &n, error_r)) == NULL)
 		return -1;
 	rc = store_auth_renumber(st, ids, n, error_r);
@@ -187,7 +187,7 @@ static int store_auth_server_move_tx(store *st, void *ctx, char **error_r)
 			at = i;
 	if (at < 0) {
 		free(ids);
-		return store_err(error_r, "auth server %lld does not exist", (long long)m->id);
+		return util_err(error_r, "auth server %lld does not exist", (long long)m->id);
 	}
 	to = m->position > n ? n - 1 : m->position - 1;
 	if (to < at)
@@ -205,7 +205,7 @@ int store_auth_server_move(store *st, int64_t id, int position, char **error_r)
 	struct store_auth_move m = { id, position };
 
 	if (position < 1)
-		return store_err(error_r, "position must be 1 or more");
+		return util_err(error_r, "position must be 1 or more");
 	return store_tx(st, store_auth_server_move_tx, &m, error_r);
 }
 

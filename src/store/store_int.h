@@ -20,6 +20,7 @@ enum store_stmt {
 	ST_DOMAIN_GET,
 	ST_DOMAIN_ADD,
 	ST_DOMAIN_SET_VERIFY,
+	ST_DOMAIN_SET_FILTER,
 	ST_DOMAIN_COUNT_USERS,
 	ST_DOMAIN_COUNT_ALIASES,
 	ST_DOMAIN_DEL,
@@ -68,6 +69,41 @@ enum store_stmt {
 	ST_VERIFY_CACHE_EXPIRE,
 	ST_VERIFY_CACHE_FLUSH,
 	ST_VERIFY_CACHE_FLUSH_ALL,
+	/* filter policies, lists and greylisting (store_filter.c) */
+	ST_FILTER_VERSION,
+	ST_FPOL_GET,
+	ST_FPOL_LIST,
+	ST_FPOL_ADD,
+	ST_FPOL_COPY_CHECKS,
+	ST_FPOL_COPY_LISTS,
+	ST_FPOL_USED,
+	ST_FPOL_DEL,
+	ST_FPOL_DEL_CHECKS,
+	ST_FPOL_DEL_LISTS,
+	ST_FPOL_SCORES,
+	ST_FCHECK_LIST,
+	ST_FCHECK_SET,
+	ST_FLIST_ADD,
+	ST_FLIST_DEL,
+	ST_FLIST_ALL,
+	ST_FLIST_POLICY,
+	ST_GREY_GET,
+	ST_GREY_PUT,
+	ST_GREY_LIST,
+	ST_GREY_FLUSH,
+	ST_GREY_EXPIRE,
+	ST_GREY_CLIENT_GET,
+	ST_GREY_CLIENT_PUT,
+	ST_GREY_CLIENT_FLUSH,
+	ST_RATE_HIT,
+	ST_RATE_GET,
+	/* DKIM keys (store_dkim.c) */
+	ST_DKIM_ADD,
+	ST_DKIM_GET,
+	ST_DKIM_NEWEST,
+	ST_DKIM_LIST,
+	ST_DKIM_DEL,
+	ST_DKIM_DEL_DOMAIN,
 	ST__COUNT
 };
 
@@ -84,7 +120,7 @@ enum store_res {
 	STORE_ERROR = -1,    /* the message: store_err_db() */
 	STORE_DONE = 0,      /* no (more) rows */
 	STORE_ROW = 1,       /* a row: read it with store_q_* */
-	STORE_DUP = 2        /* primary key taken (INSERT of an existing key) */
+	STORE_DUP = 2        /* primary key or unique key taken (INSERT of an existing one) */
 };
 
 /* A statement in use: from the handle's cache, or prepared for this one
@@ -99,6 +135,7 @@ struct store_q {
  * arguments described by fmt, one letter each:
  *   t  const char *  (NULL binds NULL)     i  int
  *   I  int64_t                             b  const void *, int length
+ *   d  double
  * 0, or -1 with *error_r "store: prepare: ..." (error_r may be NULL). */
 int store_q_start(store *st, struct store_q *q, enum store_stmt id, char **error_r,
     const char *fmt, ...);
@@ -115,6 +152,7 @@ int store_q_step(struct store_q *q);
  * until the next step or end. */
 const char *store_q_text(struct store_q *q, int col);
 int64_t store_q_int(struct store_q *q, int col);
+double store_q_double(struct store_q *q, int col);
 const void *store_q_blob(struct store_q *q, int col, int *len_r);
 /* Resets and clears the bindings (cached) or finalizes (one-off). Accepts
  * a q that was never started or already ended. The engine's error message
@@ -123,6 +161,13 @@ void store_q_end(struct store_q *q);
 /* start + one step + end, for statements whose row (if any) is not read:
  * STORE_ROW, STORE_DONE, STORE_DUP or STORE_ERROR (prepare errors too). */
 int store_run(store *st, enum store_stmt id, const char *fmt, ...);
+/* The answer to store_run of an INSERT that adds KIND (a word: "domain",
+ * "user", ...) named NAME: 0 for STORE_DONE, -1 with *error_r "KIND NAME
+ * already exists" for STORE_DUP, "store: add KIND: engine message" else. */
+int store_run_added(store *st, int res, const char *kind, const char *name, char **error_r);
+/* Steps through the rows of a started q, calling row(q, arg) for each; a
+ * non-zero return stops early. Ends q. 0 (all rows, or stopped) or -1. */
+int store_q_each(struct store_q *q, int (*row)(struct store_q *q, void *arg), void *arg);
 /* start + step + read column 0 as an integer (count(*) and the like):
  * 0 with *v_r, -1 on error or no row. */
 int store_run_int(store *st, enum store_stmt id, int64_t *v_r, const char *fmt, ...);
@@ -150,11 +195,12 @@ int store_tx(store *st, int (*fn)(store *st, void *ctx, char **error_r), void *c
     char **error_r);
 
 /* ---- connection (store_sqlite.c) ---- */
-#define STORE_OPEN_MIGRATE  1    /* bring an older schema up to date */
+#define STORE_OPEN_MIGRATE  1    /* create the file, bring an older schema up to date */
 #define STORE_OPEN_READONLY 2    /* no writes, no write lock, no create */
 /* Opens cfg->db_url. A current schema is only read (nothing is written);
- * a newer one is refused; an older one is migrated with STORE_OPEN_MIGRATE
- * and refused without. */
+ * a newer one is refused; a missing file is created and an older schema
+ * migrated with STORE_OPEN_MIGRATE (store_open_migrate), refused without
+ * (store_connect: flags 0) before anything is written. */
 int store_open_flags(const struct kale_config *cfg, int flags, store **st_r, char **error_r);
 /* Reads the schema version (0: none yet). 0 or -1 with *error_r. */
 int store_schema_read(store *st, int *version_r, char **error_r);
@@ -195,9 +241,8 @@ struct store {
 	int mailbox_only;     /* password checks only for users with a mailbox */
 };
 
-/* Sets *error_r to a malloc'd formatted message; returns -1. */
-int store_err(char **error_r, const char *fmt, ...) __attribute__((format(printf, 2, 3)));
-/* Same, appending the engine's message for the handle: "WHAT: message". */
+/* Messages are set with util_err (lib/util.h); this one appends the
+ * engine's message for the handle: "WHAT: message". Returns -1. */
 int store_err_db(store *st, char **error_r, const char *what);
 
 /* Validation (store.c). Each fills a lower-cased copy into out[cap]. */
@@ -211,6 +256,8 @@ int store_address_norm(const char *in, char *out, size_t cap, char **error_r);
  * fills the normalised address and its domain. */
 int store_local_address(store *st, const char *in, int relay_ok, char *addr, size_t acap,
     char *domain, size_t dcap, char **error_r);
+/* 1 if s is a name of 1..max of [A-Za-z0-9._-] (profiles, policies). */
+int store_name_ok(const char *s, size_t max);
 /* Copies a text column (NULL as "") into dst[cap], "" if it does not fit. */
 void store_q_copy(struct store_q *q, int col, char *dst, size_t cap);
 

@@ -24,7 +24,7 @@ static int store_cidr_parse(const char *in, struct store_net *n, char *norm, siz
 
 	memset(n, 0, sizeof(*n));
 	if (hlen == 0 || hlen >= sizeof(host))
-		return store_err(error_r, "bad network '%.100s': expected ADDRESS[/PREFIX]", in);
+		return util_err(error_r, "bad network '%.100s': expected ADDRESS[/PREFIX]", in);
 	memcpy(host, in, hlen);
 	host[hlen] = '\0';
 	if (inet_pton(AF_INET, host, n->addr) == 1) {
@@ -34,11 +34,11 @@ static int store_cidr_parse(const char *in, struct store_net *n, char *norm, siz
 		n->family = AF_INET6;
 		max = 128;
 	} else {
-		return store_err(error_r, "bad network '%.100s': not an IPv4 or IPv6 address", in);
+		return util_err(error_r, "bad network '%.100s': not an IPv4 or IPv6 address", in);
 	}
 	prefix = max;
 	if (slash != NULL && util_strtonum(slash + 1, 0, max, &prefix) < 0)
-		return store_err(error_r, "bad network '%.100s': prefix must be 0-%d", in, max);
+		return util_err(error_r, "bad network '%.100s': prefix must be 0-%d", in, max);
 	n->prefix = (int)prefix;
 	for (int i = 0; i < max / 8; i++) {
 		int bits = n->prefix - i * 8;
@@ -50,9 +50,9 @@ static int store_cidr_parse(const char *in, struct store_net *n, char *norm, siz
 	}
 	if (inet_ntop(n->family, n->addr, text, sizeof(text)) == NULL ||
 	    util_fmt(norm, cap, "%s/%d", text, n->prefix) < 0)
-		return store_err(error_r, "bad network '%.100s'", in);
+		return util_err(error_r, "bad network '%.100s'", in);
 	if (bad)
-		return store_err(error_r, "bad network '%.100s': host bits set; did you mean %s?", in, norm);
+		return util_err(error_r, "bad network '%.100s': host bits set; did you mean %s?", in, norm);
 	return 0;
 }
 
@@ -76,18 +76,9 @@ int store_network_add(store *st, const char *cidr, char **error_r)
 	int rc;
 
 	if (cidr == NULL || store_cidr_parse(cidr, &n, norm, sizeof(norm), error_r) < 0)
-		return cidr == NULL ? store_err(error_r, "no network") : -1;
-	switch (store_run(st, ST_NET_ADD, "tiib", norm, n.family == AF_INET ? 4 : 6, n.prefix,
-	    (const void *)n.addr, n.family == AF_INET ? 4 : 16)) {
-	case STORE_DONE:
-		rc = 0;
-		break;
-	case STORE_DUP:
-		rc = store_err(error_r, "network %s already exists", norm);
-		break;
-	default:
-		rc = store_err_db(st, error_r, "store: add network");
-	}
+		return cidr == NULL ? util_err(error_r, "no network") : -1;
+	rc = store_run_added(st, store_run(st, ST_NET_ADD, "tiib", norm, n.family == AF_INET ? 4 : 6,
+	    n.prefix, (const void *)n.addr, n.family == AF_INET ? 4 : 16), "network", norm, error_r);
 	store_net_invalidate(st);
 	return rc;
 }
@@ -99,11 +90,11 @@ int store_network_del(store *st, const char *cidr, char **error_r)
 	int rc = -1;
 
 	if (cidr == NULL || store_cidr_parse(cidr, &n, norm, sizeof(norm), error_r) < 0)
-		return cidr == NULL ? store_err(error_r, "no network") : -1;
+		return cidr == NULL ? util_err(error_r, "no network") : -1;
 	if (store_run(st, ST_NET_DEL, "t", norm) != STORE_DONE)
 		store_err_db(st, error_r, "store: delete network");
 	else if (store_changes(st) == 0)
-		store_err(error_r, "no such network %s", norm);
+		util_err(error_r, "no such network %s", norm);
 	else
 		rc = 0;
 	store_net_invalidate(st);

@@ -5,34 +5,22 @@
  * Runs in every process that opens the store (kaled's children, kalectl). */
 #include "store/store_int.h"
 
+#include <errno.h>
 #include <sqlite3.h>
 #include <stdarg.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <unistd.h>
 
 #include "conf/conf.h"
 #include "lib/util.h"
 
 #define STORE_BUSY_MS 5000
 
-int store_err(char **error_r, const char *fmt, ...)
-{
-	va_list ap;
-	char buf[512];
-
-	va_start(ap, fmt);
-	if (vsnprintf(buf, sizeof(buf), fmt, ap) < 0)
-		buf[0] = '\0';
-	va_end(ap);
-	if (error_r != NULL)
-		*error_r = xstrdup(buf);
-	return -1;
-}
-
 int store_err_db(store *st, char **error_r, const char *what)
 {
-	return store_err(error_r, "%s: %s", what, sqlite3_errmsg(st->db));
+	return util_err(error_r, "%s: %s", what, sqlite3_errmsg(st->db));
 }
 
 /* Runs SQL without results (PRAGMAs, migrations, BEGIN/COMMIT). 0 or -1. */
@@ -41,7 +29,7 @@ static int store_sqlite_exec(store *st, const char *sql, char **error_r)
 	char *msg = NULL;
 
 	if (sqlite3_exec(st->db, sql, NULL, NULL, &msg) != SQLITE_OK) {
-		store_err(error_r, "store: %s: %s", sql, msg ? msg : "failed");
+		util_err(error_r, "store: %s: %s", sql, msg ? msg : "failed");
 		sqlite3_free(msg);
 		return -1;
 	}
@@ -68,6 +56,9 @@ static int store_q_vbind(struct store_q *q, int idx, const char *fmt, va_list ap
 			break;
 		case 'I':
 			rc = sqlite3_bind_int64(s, idx, (sqlite3_int64)va_arg(ap, int64_t));
+			break;
+		case 'd':
+			rc = sqlite3_bind_double(s, idx, va_arg(ap, double));
 			break;
 		case 'b': {
 			const void *v = va_arg(ap, const void *);
@@ -170,7 +161,7 @@ int store_q_step(struct store_q *q)
 		return STORE_ROW;
 	if (rc == SQLITE_DONE)
 		return STORE_DONE;
-	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY)
+	if (rc == SQLITE_CONSTRAINT_PRIMARYKEY || rc == SQLITE_CONSTRAINT_UNIQUE)
 		return STORE_DUP;
 	return STORE_ERROR;
 }
@@ -183,6 +174,11 @@ const char *store_q_text(struct store_q *q, int col)
 int64_t store_q_int(struct store_q *q, int col)
 {
 	return (int64_t)sqlite3_column_int64(q->h, col);
+}
+
+double store_q_double(struct store_q *q, int col)
+{
+	return sqlite3_column_double(q->h, col);
 }
 
 const void *store_q_blob(struct store_q *q, int col, int *len_r)
@@ -242,6 +238,31 @@ int store_run(store *st, enum store_stmt id, const char *fmt, ...)
 	return rc;
 }
 
+int store_run_added(store *st, int res, const char *kind, const char *name, char **error_r)
+{
+	switch (res) {
+	case STORE_DONE:
+		return 0;
+	case STORE_DUP:
+		return util_err(error_r, "%s %s already exists", kind, name);
+	default:
+		return util_err(error_r, "store: add %s: %s", kind, sqlite3_errmsg(st->db));
+	}
+}
+
+int store_q_each(struct store_q *q, int (*row)(struct store_q *q, void *arg), void *arg)
+{
+	int rc;
+
+	while ((rc = store_q_step(q)) == STORE_ROW)
+		if (row(q, arg) != 0) {
+			rc = STORE_DONE;
+			break;
+		}
+	store_q_end(q);
+	return rc == STORE_DONE ? 0 : -1;
+}
+
 int store_run_int(store *st, enum store_stmt id, int64_t *v_r, const char *fmt, ...)
 {
 	va_list ap;
@@ -273,9 +294,9 @@ int store_data_version(store *st, int64_t *v_r)
 int store_tx_begin(store *st, char **error_r)
 {
 	if (st->in_tx || !sqlite3_get_autocommit(st->db))
-		return store_err(error_r, "store: transaction already open");
+		return util_err(error_r, "store: transaction already open");
 	if (st->readonly)
-		return store_err(error_r, "store: read-only handle");
+		return util_err(error_r, "store: read-only handle");
 	if (store_sqlite_exec(st, "BEGIN IMMEDIATE", error_r) < 0)
 		return -1;
 	st->in_tx = 1;
@@ -285,7 +306,7 @@ int store_tx_begin(store *st, char **error_r)
 int store_tx_commit(store *st, char **error_r)
 {
 	if (!st->in_tx)
-		return store_err(error_r, "store: no transaction open");
+		return util_err(error_r, "store: no transaction open");
 	if (store_sqlite_exec(st, "COMMIT", error_r) < 0) {
 		store_tx_rollback(st);
 		return -1;
@@ -363,7 +384,7 @@ fail:
 
 static int store_newer_err(int version, char **error_r)
 {
-	return store_err(error_r, "store: schema version %d is newer than this program (%d)",
+	return util_err(error_r, "store: schema version %d is newer than this program (%d)",
 	    version, store_n_migrations);
 }
 
@@ -424,42 +445,47 @@ int store_open_flags(const struct kale_config *cfg, int flags, store **st_r, cha
 {
 	const char *url = cfg && cfg->db_url ? cfg->db_url : "sqlite:kale.db";
 	int ro = (flags & STORE_OPEN_READONLY) != 0, version = 0;
+	int migrate = !ro && (flags & STORE_OPEN_MIGRATE) != 0;
 	store *st;
 
 	*st_r = NULL;
 	if (strncmp(url, "sqlite:", 7) != 0 || url[7] == '\0')
-		return store_err(error_r, "store: unsupported database url '%.200s' (only sqlite:PATH)", url);
+		return util_err(error_r, "store: unsupported database url '%.200s' (only sqlite:PATH)", url);
 	st = xcalloc(1, sizeof(*st));
 	st->readonly = ro;
 	st->sql = store_sql_sqlite;
-	if (sqlite3_open_v2(url + 7, &st->db, (ro ? SQLITE_OPEN_READONLY :
-	    SQLITE_OPEN_READWRITE | SQLITE_OPEN_CREATE) | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
-		store_err(error_r, "store: open %s: %s", url + 7,
-		    st->db ? sqlite3_errmsg(st->db) : "out of memory");
+	/* only a migrating open creates the file */
+	if (sqlite3_open_v2(url + 7, &st->db, (ro ? SQLITE_OPEN_READONLY : SQLITE_OPEN_READWRITE) |
+	    (migrate ? SQLITE_OPEN_CREATE : 0) | SQLITE_OPEN_FULLMUTEX, NULL) != SQLITE_OK) {
+		if (!ro && !migrate && access(url + 7, F_OK) < 0 && errno == ENOENT)
+			util_err(error_r, "store: open %s: no such file: start kaled (master) to create it",
+			    url + 7);
+		else
+			util_err(error_r, "store: open %s: %s", url + 7,
+			    st->db ? sqlite3_errmsg(st->db) : "out of memory");
 		goto fail;
 	}
 	sqlite3_busy_timeout(st->db, STORE_BUSY_MS);
 	sqlite3_extended_result_codes(st->db, 1);
-	if (!ro && (store_sqlite_wal(st, error_r) < 0 ||
-	    store_sqlite_exec(st, "PRAGMA synchronous=NORMAL", error_r) < 0 ||
-	    store_sqlite_exec(st, "PRAGMA foreign_keys=ON", error_r) < 0))
-		goto fail;
-	/* connect: read the version without a transaction (no write lock) */
+	/* read the version first, without a transaction (no write lock), so
+	 * that a refused open has written nothing, not even the WAL mode */
 	if (store_schema_read(st, &version, error_r) < 0)
 		goto fail;
 	if (version > store_n_migrations) {
 		store_newer_err(version, error_r);
 		goto fail;
 	}
-	if (version < store_n_migrations) {
-		if (ro || !(flags & STORE_OPEN_MIGRATE)) {
-			store_err(error_r, "store: schema version %d is older than this program (%d); "
-			    "start kaled or run kalectl to migrate it", version, store_n_migrations);
-			goto fail;
-		}
-		if (store_tx(st, store_migrate_tx, NULL, error_r) < 0)
-			goto fail;
+	if (version < store_n_migrations && !migrate) {
+		util_err(error_r, "store schema version %d, this kaled expects %d: "
+		    "start kaled (master) to migrate", version, store_n_migrations);
+		goto fail;
 	}
+	if (!ro && (store_sqlite_wal(st, error_r) < 0 ||
+	    store_sqlite_exec(st, "PRAGMA synchronous=NORMAL", error_r) < 0 ||
+	    store_sqlite_exec(st, "PRAGMA foreign_keys=ON", error_r) < 0))
+		goto fail;
+	if (version < store_n_migrations && store_tx(st, store_migrate_tx, NULL, error_r) < 0)
+		goto fail;
 	*st_r = st;
 	return 0;
 fail:

@@ -32,17 +32,17 @@ static char *store_hash(const char *password, char **error_r)
 	int size = 0;
 
 	if (strlen(password) > STORE_PASSWORD_MAX) {
-		store_err(error_r, "password too long (max %d)", STORE_PASSWORD_MAX);
+		util_err(error_r, "password too long (max %d)", STORE_PASSWORD_MAX);
 		return NULL;
 	}
 	salt = crypt_gensalt_ra("$y$", 0, NULL, 0);
 	if (salt == NULL) {
-		store_err(error_r, "crypt_gensalt: %s", strerror(errno));
+		util_err(error_r, "crypt_gensalt: %s", strerror(errno));
 		return NULL;
 	}
 	hash = crypt_ra(password, salt, &data, &size);
 	if (hash == NULL || hash[0] == '*')
-		store_err(error_r, "crypt: %s", strerror(errno));
+		util_err(error_r, "crypt: %s", strerror(errno));
 	else
 		out = xstrdup(hash);
 	free(data);
@@ -66,15 +66,9 @@ static int store_user_insert(store *st, const char *addr, const char *domain,
 	int64_t n = 0;
 
 	if (store_run_int(st, ST_USER_IS_ALIAS, &n, "t", addr) == 0 && n > 0)
-		return store_err(error_r, "%s is an alias; delete the alias first", addr);
-	switch (store_run(st, ST_USER_ADD, "tttI", addr, domain, hash, (int64_t)time(NULL))) {
-	case STORE_DONE:
-		return 0;
-	case STORE_DUP:
-		return store_err(error_r, "user %s already exists", addr);
-	default:
-		return store_err_db(st, error_r, "store: add user");
-	}
+		return util_err(error_r, "%s is an alias; delete the alias first", addr);
+	return store_run_added(st, store_run(st, ST_USER_ADD, "tttI", addr, domain, hash,
+	    (int64_t)time(NULL)), "user", addr, error_r);
 }
 
 int store_user_add(store *st, const char *address, const char *password, char **error_r)
@@ -98,13 +92,13 @@ int store_user_passwd(store *st, const char *address, const char *password, char
 	int rc = -1;
 
 	if (password == NULL || *password == '\0')
-		return store_err(error_r, "empty password");
+		return util_err(error_r, "empty password");
 	if ((hash = store_hash(password, error_r)) == NULL)
 		return -1;
 	if (store_run(st, ST_USER_PASSWD, "tt", hash, address) != STORE_DONE)
 		store_err_db(st, error_r, "store: passwd");
 	else if (store_changes(st) == 0)
-		store_err(error_r, "no such user %.320s", address);
+		util_err(error_r, "no such user %.320s", address);
 	else
 		rc = 0;
 	free(hash);
@@ -116,7 +110,7 @@ int store_user_del(store *st, const char *address, char **error_r)
 	if (store_run(st, ST_USER_DEL, "t", address) != STORE_DONE)
 		return store_err_db(st, error_r, "store: delete user");
 	if (store_changes(st) == 0)
-		return store_err(error_r, "no such user %.320s", address);
+		return util_err(error_r, "no such user %.320s", address);
 	return 0;
 }
 
@@ -302,7 +296,7 @@ int store_user_import(store *st, FILE *csv,
 			size_t len;
 			if (fgets(buf, STORE_IMPORT_LINE + 2, csv) == NULL) {
 				if (ferror(csv)) {
-					store_err(error_r, "read error: %s", strerror(errno));
+					util_err(error_r, "read error: %s", strerror(errno));
 					goto out;
 				}
 				eof = 1;

@@ -76,34 +76,34 @@ int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 	int rc;
 
 	if (!store_verify_name_ok(v->name))
-		return store_err(error_r, "bad verification profile name '%.64s' "
+		return util_err(error_r, "bad verification profile name '%.64s' "
 		    "(1-63 of A-Z a-z 0-9 . _ -)", v->name);
 	if (strcmp(v->name, "none") == 0)
-		return store_err(error_r, "'none' is not a profile name");
+		return util_err(error_r, "'none' is not a profile name");
 	for (t = types; *t != NULL && strcmp(*t, v->type) != 0; t++)
 		;
 	if (*t == NULL)
-		return store_err(error_r, "bad type '%.20s' (localdb, mysql, pgsql, ldap or smtp)", v->type);
+		return util_err(error_r, "bad type '%.20s' (localdb, mysql, pgsql, ldap or smtp)", v->type);
 	if (strcmp(v->mode, "realtime") != 0 && strcmp(v->mode, "cache") != 0)
-		return store_err(error_r, "bad mode '%.20s' (realtime or cache)", v->mode);
+		return util_err(error_r, "bad mode '%.20s' (realtime or cache)", v->mode);
 	if (v->ttl_found < 1 || v->ttl_found > STORE_VERIFY_TTL_MAX ||
 	    v->ttl_missing < 1 || v->ttl_missing > STORE_VERIFY_TTL_MAX)
-		return store_err(error_r, "TTLs must be 1-%d seconds", STORE_VERIFY_TTL_MAX);
+		return util_err(error_r, "TTLs must be 1-%d seconds", STORE_VERIFY_TTL_MAX);
 	if (v->timeout < 0 || v->timeout > 60)
-		return store_err(error_r, "the timeout must be 1-60 seconds");
+		return util_err(error_r, "the timeout must be 1-60 seconds");
 	if (!store_verify_text_ok(v->url) || !store_verify_text_ok(v->query) ||
 	    !store_verify_text_ok(v->base) || !store_verify_text_ok(v->filter) ||
 	    !store_verify_text_ok(v->bind_dn) || !store_verify_text_ok(v->bind_password) ||
 	    !store_verify_text_ok(v->route_attr))
-		return store_err(error_r, "control characters in a profile setting");
+		return util_err(error_r, "control characters in a profile setting");
 	if (v->fallback[0] != '\0') {
 		if (strcasecmp(v->fallback, v->name) == 0)
-			return store_err(error_r, "a profile cannot fall back to itself");
+			return util_err(error_r, "a profile cannot fall back to itself");
 		rc = store_verify_get(st, v->fallback, &fb);
 		if (rc < 0)
 			return store_err_db(st, error_r, "store: verify fallback");
 		if (rc == 0)
-			return store_err(error_r, "fallback profile '%.64s' does not exist", v->fallback);
+			return util_err(error_r, "fallback profile '%.64s' does not exist", v->fallback);
 	}
 	switch (store_run(st, ST_VERIFY_ADD, "tttttttttitiiti", v->name, v->type, v->url, v->query,
 	    v->base, v->filter, v->bind_dn, v->bind_password,
@@ -112,7 +112,7 @@ int store_verify_add(store *st, const struct store_verify *v, char **error_r)
 	case STORE_DONE:
 		return 0;
 	case STORE_DUP:
-		return store_err(error_r, "verification profile '%s' exists already", v->name);
+		return util_err(error_r, "verification profile '%s' exists already", v->name);
 	default:
 		return store_err_db(st, error_r, "store: add verification profile");
 	}
@@ -142,17 +142,17 @@ static int store_verify_del_tx(store *st, void *ctx, char **error_r)
 
 	used = store_verify_used(st, ST_VERIFY_USED_BY_DOMAIN, name, what, sizeof(what));
 	if (used == 1)
-		return store_err(error_r, "profile '%s' is used by domain %s", name, what);
+		return util_err(error_r, "profile '%s' is used by domain %s", name, what);
 	if (used == 0)
 		used = store_verify_used(st, ST_VERIFY_USED_AS_FALLBACK, name, what, sizeof(what));
 	if (used == 1)
-		return store_err(error_r, "profile '%s' is the fallback of profile %s", name, what);
+		return util_err(error_r, "profile '%s' is the fallback of profile %s", name, what);
 	if (used < 0)
 		return store_err_db(st, error_r, "store: verify del");
 	if (store_run(st, ST_VERIFY_DEL, "t", name) != STORE_DONE)
 		return store_err_db(st, error_r, "store: verify del");
 	if (store_changes(st) == 0)
-		return store_err(error_r, "no verification profile '%s'", name);
+		return util_err(error_r, "no verification profile '%s'", name);
 	if (store_run(st, ST_VERIFY_CACHE_FLUSH, "t", name) != STORE_DONE)
 		return store_err_db(st, error_r, "store: verify del");
 	return 0;
@@ -161,28 +161,36 @@ static int store_verify_del_tx(store *st, void *ctx, char **error_r)
 int store_verify_del(store *st, const char *name, char **error_r)
 {
 	if (!store_verify_name_ok(name))
-		return store_err(error_r, "no verification profile '%.64s'", name);
+		return util_err(error_r, "no verification profile '%.64s'", name);
 	return store_tx(st, store_verify_del_tx, (void *)name, error_r);
+}
+
+struct store_verify_each {
+	int (*cb)(void *ctx, const struct store_verify *v);
+	void *ctx;
+};
+
+/* each row's copy (it holds the bind password) is wiped after its call */
+static int store_verify_each_row(struct store_q *q, void *arg)
+{
+	const struct store_verify_each *e = arg;
+	struct store_verify v;
+	int rc;
+
+	store_verify_row(q, &v);
+	rc = e->cb(e->ctx, &v);
+	explicit_bzero(&v, sizeof(v));
+	return rc;
 }
 
 int store_verify_list(store *st, int (*cb)(void *ctx, const struct store_verify *v), void *ctx)
 {
-	struct store_verify v;
+	struct store_verify_each e = { cb, ctx };
 	struct store_q q;
-	int rc;
 
 	if (store_q_start(st, &q, ST_VERIFY_LIST, NULL, "") < 0)
 		return -1;
-	while ((rc = store_q_step(&q)) == STORE_ROW) {
-		store_verify_row(&q, &v);
-		if (cb(ctx, &v) != 0) {
-			rc = STORE_DONE;
-			break;
-		}
-	}
-	store_q_end(&q);
-	explicit_bzero(&v, sizeof(v));
-	return rc == STORE_DONE ? 0 : -1;
+	return store_q_each(&q, store_verify_each_row, &e);
 }
 
 int store_verify_cache_get(store *st, const char *profile, const char *address, int64_t now,

@@ -1,4 +1,4 @@
-/* fuzz_addr: libFuzzer target for src/mail/addr.c and src/mail/hdrscan.c
+/* fuzz_addr: libFuzzer target for src/mail/addr.c and src/mail/header.c
  * (built by CMake with -DKALE_FUZZ=ON, run by scripts/fuzz.sh). The input is
  * parsed as an address list, then streamed through the header scanner in two
  * pieces, the From:/Sender: bodies it keeps parsed too. Checks: no crash; at
@@ -11,7 +11,7 @@
 #include <string.h>
 
 #include "mail/addr.h"
-#include "mail/hdrscan.h"
+#include "mail/header.h"
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size);
 
@@ -63,35 +63,35 @@ static void out_cb(void *ctx, const char *p, size_t n)
 	}
 }
 
-static void end_cb(void *ctx, const struct hdrscan *h)
+static void end_cb(void *ctx, const struct header_scan *h)
 {
 	struct sink *k = ctx;
 
-	if (h->end == HDRSCAN_END_NONE)
+	if (h->end == HEADER_END_NONE)
 		abort();
 	k->ends++;
 }
 
 int LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
-	static struct hdrscan h;
+	static struct header_scan h;
 	struct sink k = { data, size, 0, 0, 0 };
 	size_t split = size > 0 ? data[0] % (size + 1) : 0;
 
 	if (size > 65536)
 		return 0;
 	check_list((const char *)data, size);
-	hdrscan_init(&h);
-	hdrscan_feed(&h, (const char *)data, split, out_cb, end_cb, &k);
-	hdrscan_feed(&h, (const char *)data + split, size - split, out_cb, end_cb, &k);
-	hdrscan_finish(&h, out_cb, end_cb, &k);
+	header_scan_init(&h);
+	header_scan_feed(&h, (const char *)data, split, out_cb, end_cb, &k);
+	header_scan_feed(&h, (const char *)data + split, size - split, out_cb, end_cb, &k);
+	header_scan_finish(&h, out_cb, end_cb, &k);
 	if (k.ends != 1 || k.pos != size)
 		abort();
-	if (h.from.len > HDRSCAN_BODY_MAX || h.sender.len > HDRSCAN_BODY_MAX)
+	if (h.from.len > HEADER_BODY_MAX || h.sender.len > HEADER_BODY_MAX)
 		abort();
-	if (h.count[HDRSCAN_FROM] > 0)
+	if (h.count[HEADER_FROM] > 0)
 		check_list(h.from.buf, h.from.len);
-	if (h.count[HDRSCAN_SENDER] > 0)
+	if (h.count[HEADER_SENDER] > 0)
 		check_list(h.sender.buf, h.sender.len);
 	return 0;
 }

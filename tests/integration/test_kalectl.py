@@ -123,9 +123,9 @@ def test_policy_round_trip(node):
     node.ctl("verify", "add", "corp", "--type", "localdb")
     node.ctl("domain", "set", "relay.test", "--verify", "corp")
     out = node.ctl("domain", "list").stdout.splitlines()
-    assert out[0].split() == ["DOMAIN", "TYPE", "ROUTE", "TLS", "VERIFY"]
-    assert out[1].split() == ["example.test", "local", "-", "opportunistic", "-"]
-    assert out[2].split() == ["relay.test", "relay", "[::1]:2525", "opportunistic", "corp"]
+    assert out[0].split() == ["DOMAIN", "TYPE", "ROUTE", "TLS", "VERIFY", "FILTER"]
+    assert out[1].split() == ["example.test", "local", "-", "opportunistic", "-", "default"]
+    assert out[2].split() == ["relay.test", "relay", "[::1]:2525", "opportunistic", "corp", "default"]
     # columns are aligned
     assert out[0].index("TYPE") == out[1].index("local") == out[2].index("relay ")
 

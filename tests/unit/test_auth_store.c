@@ -43,7 +43,7 @@ static int setup(void **state)
 	snprintf(dburl, sizeof(dburl), "sqlite:%s/kale.db", tmpdir);
 	memset(&cfg, 0, sizeof(cfg));
 	cfg.db_url = dburl;
-	if (store_open(&cfg, &st, &err) < 0) {
+	if (store_open_migrate(&cfg, &st, &err) < 0) {
 		fprintf(stderr, "%s\n", err);
 		free(err);
 		return -1;
@@ -77,7 +77,7 @@ static store *open_store(void)
 	store *st = NULL;
 	char *err = NULL;
 
-	assert_int_equal(store_open(&cfg, &st, &err), 0);
+	assert_int_equal(store_open_migrate(&cfg, &st, &err), 0);
 	return st;
 }
 

@@ -62,7 +62,7 @@ static int setup(void **state)
 	assert_non_null(mkdtemp(f->dir));
 	assert_int_equal(util_fmt(f->url, sizeof(f->url), "sqlite:%s/kale.db", f->dir), 0);
 	f->cfg.db_url = f->url;
-	assert_int_equal(store_open(&f->cfg, &st, &err), 0);
+	assert_int_equal(store_open_migrate(&f->cfg, &st, &err), 0);
 	memset(&d, 0, sizeof(d));
 	assert_int_equal(util_fmt(d.name, sizeof(d.name), "example.test"), 0);
 	d.local = 1;

@@ -17,40 +17,11 @@
 #include "conf/conf.h"
 #include "lib/util.h"
 #include "store/store.h"
-
-struct fix {
-	char dir[64];
-	char old[4096];
-	struct kale_config cfg;
-	store *st;
-};
+#include "unit_store.h"
 
 static int setup(void **state)
 {
-	struct fix *f = xcalloc(1, sizeof(*f));
-	char *err = NULL;
-
-	snprintf(f->dir, sizeof(f->dir), "/tmp/kale-test-store-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	assert_non_null(getcwd(f->old, sizeof(f->old)));
-	assert_int_equal(chdir(f->dir), 0);
-	f->cfg.db_url = "sqlite:kale.db";
-	assert_int_equal(store_open(&f->cfg, &f->st, &err), 0);
-	*state = f;
-	return 0;
-}
-
-static int teardown(void **state)
-{
-	struct fix *f = *state;
-	const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm" };
-
-	store_close(&f->st);
-	for (size_t i = 0; i < 3; i++)
-		unlink(files[i]);
-	assert_int_equal(chdir(f->old), 0);
-	rmdir(f->dir);
-	free(f);
+	*state = unit_store_new("store");
 	return 0;
 }
 
@@ -100,10 +71,10 @@ static void test_migrations_reopen(void **state)
 	store_close(&f->st);
 	assert_null(f->st);
 	store_close(&f->st);                 /* NULL is fine */
-	assert_int_equal(store_open(&f->cfg, &f->st, &err), 0);
+	assert_int_equal(store_open_migrate(&f->cfg, &f->st, &err), 0);
 	assert_int_equal(store_domain_get(f->st, "example.test", &(struct store_domain){0}), 1);
 	store_close(&f->st);
-	assert_int_equal(store_open(&f->cfg, &f->st, &err), 0);
+	assert_int_equal(store_open_migrate(&f->cfg, &f->st, &err), 0);
 
 	assert_int_equal(sqlite3_open("kale.db", &db), SQLITE_OK);
 	assert_int_equal(sqlite3_prepare_v2(db, "SELECT count(*), max(version) FROM schema_version",
@@ -128,13 +99,13 @@ static void test_open_bad_url(void **state)
 
 	(void)f;
 	cfg.db_url = "postgresql://u@h/db";
-	assert_int_equal(store_open(&cfg, &st, &err), -1);
+	assert_int_equal(store_open_migrate(&cfg, &st, &err), -1);
 	assert_null(st);
 	assert_non_null(strstr(err, "unsupported"));
 	free(err);
 	err = NULL;
 	cfg.db_url = "sqlite:";
-	assert_int_equal(store_open(&cfg, &st, &err), -1);
+	assert_int_equal(store_open_migrate(&cfg, &st, &err), -1);
 	free(err);
 }
 
@@ -520,25 +491,9 @@ static void test_resolve(void **state)
 	assert_non_null(strstr(out, "deeper than 10"));
 }
 
-static struct sockaddr_storage sa4(const char *ip)
-{
-	struct sockaddr_storage ss;
-	memset(&ss, 0, sizeof(ss));
-	if (strchr(ip, ':')) {
-		struct sockaddr_in6 *s6 = (struct sockaddr_in6 *)&ss;
-		s6->sin6_family = AF_INET6;
-		assert_int_equal(inet_pton(AF_INET6, ip, &s6->sin6_addr), 1);
-	} else {
-		struct sockaddr_in *s4 = (struct sockaddr_in *)&ss;
-		s4->sin_family = AF_INET;
-		assert_int_equal(inet_pton(AF_INET, ip, &s4->sin_addr), 1);
-	}
-	return ss;
-}
-
 static int match(store *st, const char *ip)
 {
-	struct sockaddr_storage ss = sa4(ip);
+	struct sockaddr_storage ss = unit_sa(ip);
 	return store_network_match(st, (struct sockaddr *)&ss);
 }
 
@@ -581,7 +536,7 @@ static void test_networks(void **state)
 	assert_int_equal(match(f->st, "::1"), 0);
 
 	/* a change made through another connection is seen (data_version) */
-	assert_int_equal(store_open(&f->cfg, &other, &err), 0);
+	assert_int_equal(store_open_migrate(&f->cfg, &other, &err), 0);
 	assert_int_equal(store_network_add(other, "::1/128", &err), 0);
 	assert_int_equal(store_network_del(other, "192.168.1.0/24", &err), 0);
 	assert_int_equal(match(f->st, "::1"), 1);
@@ -673,7 +628,7 @@ static void test_log(void **state)
 		char *err = NULL;
 		store_log_add(f->st, &r);
 		store_close(&f->st);
-		assert_int_equal(store_open(&f->cfg, &f->st, &err), 0);
+		assert_int_equal(store_open_migrate(&f->cfg, &f->st, &err), 0);
 		assert_int_equal(search(f->st, NULL, NULL, NULL, "deferred", 0, 0, &c), 1);
 		assert_string_equal(c.first_rcpt, "late@example.test");
 		assert_int_equal(c.first_ts, 5);
@@ -767,15 +722,15 @@ static void test_import(void **state)
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
-		cmocka_unit_test_setup_teardown(test_migrations_reopen, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_open_bad_url, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_domains, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_users, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_aliases, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_resolve, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_networks, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_log, setup, teardown),
-		cmocka_unit_test_setup_teardown(test_import, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_migrations_reopen, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_open_bad_url, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_domains, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_users, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_aliases, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_resolve, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_networks, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_log, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_import, setup, unit_store_free),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

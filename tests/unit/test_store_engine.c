@@ -20,13 +20,8 @@
 #include "conf/conf.h"
 #include "lib/util.h"
 #include "store/store_int.h"
+#include "unit_store.h"
 
-struct fix {
-	char dir[64];
-	char old[4096];
-	struct kale_config cfg;
-	store *st;
-};
 
 static void add_domain(store *st, const char *name, int local, const char *relay)
 {
@@ -43,15 +38,9 @@ static void add_domain(store *st, const char *name, int local, const char *relay
 
 static int setup(void **state)
 {
-	struct fix *f = xcalloc(1, sizeof(*f));
+	struct fix *f = unit_store_new("steng");
 	char *err = NULL;
 
-	snprintf(f->dir, sizeof(f->dir), "/tmp/kale-test-steng-XXXXXX");
-	assert_non_null(mkdtemp(f->dir));
-	assert_non_null(getcwd(f->old, sizeof(f->old)));
-	assert_int_equal(chdir(f->dir), 0);
-	f->cfg.db_url = "sqlite:kale.db";
-	assert_int_equal(store_open(&f->cfg, &f->st, &err), 0);
 	add_domain(f->st, "example.test", 1, NULL);
 	add_domain(f->st, "relay.test", 0, "mx");
 	assert_int_equal(store_user_add(f->st, "alice@example.test", "alice-pw", &err), 0);
@@ -62,17 +51,8 @@ static int setup(void **state)
 
 static int teardown(void **state)
 {
-	struct fix *f = *state;
-	const char *files[] = { "kale.db", "kale.db-wal", "kale.db-shm" };
-
 	store_user_thread_close();
-	store_close(&f->st);
-	for (size_t i = 0; i < 3; i++)
-		unlink(files[i]);
-	assert_int_equal(chdir(f->old), 0);
-	rmdir(f->dir);
-	free(f);
-	return 0;
+	return unit_store_free(state);
 }
 
 static sqlite3 *raw_open(void)
@@ -99,6 +79,19 @@ static int64_t raw_int(sqlite3 *db, const char *sql)
 static void raw_exec(sqlite3 *db, const char *sql)
 {
 	assert_int_equal(sqlite3_exec(db, sql, NULL, NULL, NULL), SQLITE_OK);
+}
+
+/* Takes a current schema back to version 3: undoes the migrations after
+ * it (4 only updates rows; 5 adds the filter tables and domains.filter).
+ * A new migration adds its undo here. */
+static void raw_to_v3(sqlite3 *db)
+{
+	raw_exec(db, "DROP TABLE filter_policies; DROP TABLE filter_checks; DROP TABLE filter_lists;"
+	    " DROP TABLE filter_version; DROP TABLE greylist; DROP TABLE greylist_clients;"
+	    " DROP TABLE rate; DROP TABLE dkim_keys; DROP INDEX maillog_session;"
+	    " ALTER TABLE domains DROP COLUMN filter; ALTER TABLE maillog DROP COLUMN session;"
+	    " UPDATE schema_version SET version = 3");
+	assert_int_equal(store_schema_version(), 5);
 }
 
 static double now_s(void)
@@ -172,10 +165,10 @@ static void test_stmt_results(void **state)
 	const unsigned char addr[4] = { 192, 0, 2, 0 };
 
 	/* STORE_DUP for a taken primary key, STORE_DONE otherwise */
-	assert_int_equal(store_run(f->st, ST_DOMAIN_ADD, "tittt", "x.test", 1, "", "opportunistic", ""),
+	assert_int_equal(store_run(f->st, ST_DOMAIN_ADD, "titttt", "x.test", 1, "", "opportunistic", "", "default"),
 	    STORE_DONE);
 	assert_int_equal(store_changes(f->st), 1);
-	assert_int_equal(store_run(f->st, ST_DOMAIN_ADD, "tittt", "X.TEST", 1, "", "opportunistic", ""),
+	assert_int_equal(store_run(f->st, ST_DOMAIN_ADD, "titttt", "X.TEST", 1, "", "opportunistic", "", "default"),
 	    STORE_DUP);
 	assert_int_equal(store_run(f->st, ST_USER_EXISTS, "t", "alice@example.test"), STORE_ROW);
 	assert_int_equal(store_run(f->st, ST_USER_EXISTS, "t", NULL), STORE_DONE);
@@ -265,15 +258,15 @@ static void test_stmt_reentrant(void **state)
 static int tx_add_then_fail(store *st, void *ctx, char **error_r)
 {
 	(void)ctx;
-	assert_int_equal(store_run(st, ST_DOMAIN_ADD, "tittt", "gone.test", 1, "", "opportunistic", ""),
+	assert_int_equal(store_run(st, ST_DOMAIN_ADD, "titttt", "gone.test", 1, "", "opportunistic", "", "default"),
 	    STORE_DONE);
-	return store_err(error_r, "deliberate failure");
+	return util_err(error_r, "deliberate failure");
 }
 
 static int tx_add(store *st, void *ctx, char **error_r)
 {
 	(void)error_r;
-	return store_run(st, ST_DOMAIN_ADD, "tittt", (const char *)ctx, 1, "", "opportunistic", "")
+	return store_run(st, ST_DOMAIN_ADD, "titttt", (const char *)ctx, 1, "", "opportunistic", "", "default")
 	    == STORE_DONE ? 0 : -1;
 }
 
@@ -314,8 +307,8 @@ static void test_tx(void **state)
 	assert_string_equal(err, "store: transaction already open");
 	free(err);
 	err = NULL;
-	assert_int_equal(store_run(f->st, ST_DOMAIN_ADD, "tittt", "rolled.test", 1, "", "opportunistic",
-	    ""), STORE_DONE);
+	assert_int_equal(store_run(f->st, ST_DOMAIN_ADD, "titttt", "rolled.test", 1, "", "opportunistic",
+	    "", "default"), STORE_DONE);
 	store_tx_rollback(f->st);
 	store_tx_rollback(f->st);      /* outside a transaction: nothing */
 	assert_int_equal(store_domain_get(f->st, "rolled.test", &d), 0);
@@ -379,7 +372,7 @@ static void test_open_current_writes_nothing(void **state)
 	/* hold the write lock: an open that wanted it would wait 5 s, fail */
 	raw_exec(db, "BEGIN IMMEDIATE");
 	t0 = now_s();
-	assert_int_equal(store_open(&f->cfg, &st, &err), 0);
+	assert_int_equal(store_open_migrate(&f->cfg, &st, &err), 0);
 	assert_true(now_s() - t0 < 2.0);
 	assert_int_equal(store_user_exists(st, "alice@example.test"), 1);
 	assert_int_equal(store_user_check_password(st, "alice@example.test", "alice-pw"), 1);
@@ -407,7 +400,7 @@ static void test_open_newer_refused(void **state)
 	sqlite3_close(db);
 	snprintf(want, sizeof(want), "store: schema version 99 is newer than this program (%d)",
 	    store_schema_version());
-	assert_int_equal(store_open(&f->cfg, &st, &err), -1);
+	assert_int_equal(store_open_migrate(&f->cfg, &st, &err), -1);
 	assert_null(st);
 	assert_string_equal(err, want);
 	free(err);
@@ -430,18 +423,18 @@ static void test_open_older(void **state)
 	char *err = NULL;
 	int v = -1;
 
-	raw_exec(db, "UPDATE schema_version SET version = 3");
+	raw_to_v3(db);
 	/* without MIGRATE (a child): refused, nothing written */
 	assert_int_equal(store_open_flags(&f->cfg, 0, &st, &err), -1);
-	assert_non_null(strstr(err, "schema version 3 is older than this program"));
+	assert_non_null(strstr(err, "store schema version 3, this kaled expects"));
 	free(err);
 	err = NULL;
 	assert_int_equal(store_open_flags(&f->cfg, STORE_OPEN_READONLY, &st, &err), -1);
 	free(err);
 	err = NULL;
 	assert_int_equal(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
-	/* store_open (the master, kalectl) migrates */
-	assert_int_equal(store_open(&f->cfg, &st, &err), 0);
+	/* store_open_migrate (the master, kalectl) migrates */
+	assert_int_equal(store_open_migrate(&f->cfg, &st, &err), 0);
 	assert_int_equal(store_schema_read(st, &v, &err), 0);
 	assert_int_equal(v, store_schema_version());
 	assert_int_equal(raw_int(db, "SELECT count(*) FROM schema_version"), 1);
@@ -464,18 +457,78 @@ static void test_open_fresh(void **state)
 	free(err);
 	err = NULL;
 	assert_int_equal(access("fresh.db", F_OK), -1);
-	/* nor does a non-migrating open accept an empty schema */
-	assert_int_equal(store_open_flags(&cfg, 0, &st, &err), -1);
-	assert_non_null(strstr(err, "schema version 0 is older"));
+	/* nor does a non-migrating open (store_connect), which names the fix */
+	assert_int_equal(store_connect(&cfg, &st, &err), -1);
+	assert_null(st);
+	assert_string_equal(err, "store: open fresh.db: no such file: start kaled (master) to create it");
 	free(err);
 	err = NULL;
-	assert_int_equal(store_open(&cfg, &st, &err), 0);
+	assert_int_equal(access("fresh.db", F_OK), -1);
+	assert_int_equal(store_open_migrate(&cfg, &st, &err), 0);
 	assert_int_equal(store_schema_read(st, &v, &err), 0);
 	assert_int_equal(v, store_schema_version());
 	store_close(&st);
 	unlink("fresh.db");
 	unlink("fresh.db-wal");
 	unlink("fresh.db-shm");
+}
+
+/* store_connect (every kaled child) on a file that exists but was never
+ * migrated: refused with the fix named, nothing written; after
+ * store_migrate (the master) it connects. */
+static void test_connect_unmigrated(void **state)
+{
+	struct fix *f = *state;
+	struct kale_config cfg = f->cfg;
+	struct store_domain d;
+	store *st = NULL;
+	char *err = NULL, want[128];
+	sqlite3 *db;
+	int v = -1;
+
+	cfg.db_url = "sqlite:bare.db";
+	assert_int_equal(sqlite3_open("bare.db", &db), SQLITE_OK);
+	raw_exec(db, "CREATE TABLE unrelated (x INTEGER)");
+	snprintf(want, sizeof(want), "store schema version 0, this kaled expects %d: "
+	    "start kaled (master) to migrate", store_schema_version());
+	assert_int_equal(store_connect(&cfg, &st, &err), -1);
+	assert_null(st);
+	assert_string_equal(err, want);
+	free(err);
+	err = NULL;
+	/* nothing was written, not even the journal mode */
+	assert_int_equal(raw_int(db, "SELECT count(*) FROM sqlite_master"), 1);
+	{
+		sqlite3_stmt *q = NULL;
+		assert_int_equal(sqlite3_prepare_v2(db, "PRAGMA journal_mode", -1, &q, NULL), SQLITE_OK);
+		assert_int_equal(sqlite3_step(q), SQLITE_ROW);
+		assert_string_equal((const char *)sqlite3_column_text(q, 0), "delete");
+		sqlite3_finalize(q);
+	}
+	assert_int_equal(sqlite3_close(db), SQLITE_OK);
+	/* an older schema gets the same answer with its number */
+	assert_int_equal(store_migrate(&cfg, &err), 0);
+	assert_int_equal(sqlite3_open("bare.db", &db), SQLITE_OK);
+	raw_to_v3(db);
+	snprintf(want, sizeof(want), "store schema version 3, this kaled expects %d: "
+	    "start kaled (master) to migrate", store_schema_version());
+	assert_int_equal(store_connect(&cfg, &st, &err), -1);
+	assert_string_equal(err, want);
+	free(err);
+	err = NULL;
+	assert_int_equal(raw_int(db, "SELECT max(version) FROM schema_version"), 3);
+	sqlite3_close(db);
+	/* the master migrates; now every child connects */
+	assert_int_equal(store_migrate(&cfg, &err), 0);
+	assert_int_equal(store_connect(&cfg, &st, &err), 0);
+	assert_non_null(st);
+	assert_int_equal(store_schema_read(st, &v, &err), 0);
+	assert_int_equal(v, store_schema_version());
+	assert_int_equal(store_domain_get(st, "example.test", &d), 0);
+	store_close(&st);
+	unlink("bare.db");
+	unlink("bare.db-wal");
+	unlink("bare.db-shm");
 }
 
 static void test_readonly_handle(void **state)
@@ -587,6 +640,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_open_newer_refused, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_older, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_open_fresh, setup, teardown),
+		cmocka_unit_test_setup_teardown(test_connect_unmigrated, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_readonly_handle, setup, teardown),
 		cmocka_unit_test_setup_teardown(test_password_threads, setup, teardown),
 	};

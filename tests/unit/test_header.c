@@ -1,4 +1,4 @@
-/* Unit tests for src/mail/hdrscan.c: the streamed header-section scanner
+/* Unit tests for src/mail/header.c: the streamed header-section scanner
  * that smtpd runs on authenticated and locally injected mail. Every input is
  * fed whole, split at every position and byte by byte; the output must be
  * the same, with the marker of the end callback at the same place. */
@@ -12,7 +12,7 @@
 #include <cmocka.h>
 
 #include "lib/util.h"
-#include "mail/hdrscan.h"
+#include "mail/header.h"
 
 struct sink {
 	char *buf;
@@ -36,7 +36,7 @@ static void out_cb(void *ctx, const char *p, size_t n)
 	sink_put(ctx, p, n);
 }
 
-static void end_cb(void *ctx, const struct hdrscan *h)
+static void end_cb(void *ctx, const struct header_scan *h)
 {
 	struct sink *k = ctx;
 	(void)h;
@@ -46,30 +46,31 @@ static void end_cb(void *ctx, const struct hdrscan *h)
 
 /* Runs msg through a scanner in pieces of `step` bytes (0: split once at
  * `split`); returns the output (caller frees) and leaves the state in h. */
-static char *run(struct hdrscan *h, const char *msg, size_t split, size_t step)
+static char *run(struct header_scan *h, const char *msg, size_t split, size_t step)
 {
 	struct sink k = { 0 };
 	size_t len = strlen(msg);
 
 	sink_put(&k, "", 0);
-	hdrscan_init(h);
+	header_scan_init(h);
 	if (step == 0) {
-		hdrscan_feed(h, msg, split, out_cb, end_cb, &k);
-		hdrscan_feed(h, msg + split, len - split, out_cb, end_cb, &k);
+		header_scan_feed(h, msg, split, out_cb, end_cb, &k);
+		header_scan_feed(h, msg + split, len - split, out_cb, end_cb, &k);
 	} else {
 		for (size_t i = 0; i < len; i += step)
-			hdrscan_feed(h, msg + i, len - i < step ? len - i : step, out_cb, end_cb, &k);
+			header_scan_feed(h, msg + i, len - i < step ? len - i : step, out_cb, end_cb,
+			    &k);
 	}
-	hdrscan_finish(h, out_cb, end_cb, &k);
+	header_scan_finish(h, out_cb, end_cb, &k);
 	assert_int_equal(k.ends, 1);
 	return k.buf;
 }
 
 /* Checks msg gives `want` at every split, and the counts. */
-static struct hdrscan *check(const char *msg, const char *want, int from, int sender, int date,
-    int msgid, enum hdrscan_end end)
+static struct header_scan *check(const char *msg, const char *want, int from, int sender, int date,
+    int msgid, enum header_scan_end end)
 {
-	static struct hdrscan h;
+	static struct header_scan h;
 	size_t len = strlen(msg);
 
 	for (size_t split = 0; split <= len + 1; split++) {
@@ -77,10 +78,10 @@ static struct hdrscan *check(const char *msg, const char *want, int from, int se
 		if (strcmp(got, want) != 0)
 			fail_msg("split %zu: got [%s], want [%s]", split, got, want);
 		free(got);
-		assert_int_equal(h.count[HDRSCAN_FROM], from);
-		assert_int_equal(h.count[HDRSCAN_SENDER], sender);
-		assert_int_equal(h.count[HDRSCAN_DATE], date);
-		assert_int_equal(h.count[HDRSCAN_MESSAGE_ID], msgid);
+		assert_int_equal(h.count[HEADER_FROM], from);
+		assert_int_equal(h.count[HEADER_SENDER], sender);
+		assert_int_equal(h.count[HEADER_DATE], date);
+		assert_int_equal(h.count[HEADER_MESSAGE_ID], msgid);
 		assert_int_equal(h.end, end);
 	}
 	return &h;
@@ -89,42 +90,42 @@ static struct hdrscan *check(const char *msg, const char *want, int from, int se
 static void test_plain(void **state)
 {
 	(void)state;
-	struct hdrscan *h = check("From: Me <me@x>\nSubject: hi\n\nbody\nFrom: victim@y\n",
+	struct header_scan *h = check("From: Me <me@x>\nSubject: hi\n\nbody\nFrom: victim@y\n",
 	    "From: Me <me@x>\nSubject: hi\n<END>\nbody\nFrom: victim@y\n", 1, 0, 0, 0,
-	    HDRSCAN_END_BLANK);
+	    HEADER_END_BLANK);
 	assert_string_equal(h->from.buf, " Me <me@x>");
 	assert_int_equal(h->fields, 2);
 	h = check("Date: x\nMessage-ID: <a@b>\nmessage-id: <c@d>\nDATE: y\n\n",
 	    "Date: x\nMessage-ID: <a@b>\nmessage-id: <c@d>\nDATE: y\n<END>\n", 0, 0, 2, 2,
-	    HDRSCAN_END_BLANK);
+	    HEADER_END_BLANK);
 }
 
 static void test_folded_and_obs_names(void **state)
 {
 	(void)state;
-	struct hdrscan *h = check("from : <victim@x>,\n\t\"Me\" <me@x>\nSENDER\t:me@x\n\nb\n",
+	struct header_scan *h = check("from : <victim@x>,\n\t\"Me\" <me@x>\nSENDER\t:me@x\n\nb\n",
 	    "from : <victim@x>,\n\t\"Me\" <me@x>\nSENDER\t:me@x\n<END>\nb\n", 1, 1, 0, 0,
-	    HDRSCAN_END_BLANK);
+	    HEADER_END_BLANK);
 	assert_string_equal(h->from.buf, " <victim@x>,\n\t\"Me\" <me@x>");
 	assert_string_equal(h->sender.buf, "me@x");
 	/* the second From: is counted, the first one's body is kept */
 	h = check("From: me@x\nX: 1\nFrom: victim@y\n\n", "From: me@x\nX: 1\nFrom: victim@y\n<END>\n",
-	    2, 0, 0, 0, HDRSCAN_END_BLANK);
+	    2, 0, 0, 0, HEADER_END_BLANK);
 	assert_string_equal(h->from.buf, " me@x");
 	/* names that only look like From: */
 	check("From-X: a\nXFrom: b\nFro: c\n\n", "From-X: a\nXFrom: b\nFro: c\n<END>\n", 0, 0, 0, 0,
-	    HDRSCAN_END_BLANK);
+	    HEADER_END_BLANK);
 }
 
 static void test_no_body(void **state)
 {
 	(void)state;
-	check("Subject: only headers\n", "Subject: only headers\n<END>", 0, 0, 0, 0, HDRSCAN_END_EOF);
-	check("", "<END>", 0, 0, 0, 0, HDRSCAN_END_EOF);
-	check("Subject: x\n\n", "Subject: x\n<END>\n", 0, 0, 0, 0, HDRSCAN_END_BLANK);
-	check("\nbody\n", "<END>\nbody\n", 0, 0, 0, 0, HDRSCAN_END_BLANK);
+	check("Subject: only headers\n", "Subject: only headers\n<END>", 0, 0, 0, 0, HEADER_END_EOF);
+	check("", "<END>", 0, 0, 0, 0, HEADER_END_EOF);
+	check("Subject: x\n\n", "Subject: x\n<END>\n", 0, 0, 0, 0, HEADER_END_BLANK);
+	check("\nbody\n", "<END>\nbody\n", 0, 0, 0, 0, HEADER_END_BLANK);
 	/* a last line without LF is ended before anything is added */
-	check("Subject: x", "Subject: x\n<END>", 0, 0, 0, 0, HDRSCAN_END_EOF);
+	check("Subject: x", "Subject: x\n<END>", 0, 0, 0, 0, HEADER_END_EOF);
 }
 
 static void test_nonheader_line_ends_headers(void **state)
@@ -132,50 +133,50 @@ static void test_nonheader_line_ends_headers(void **state)
 	(void)state;
 	/* a separator is inserted: the From: after it is body for every reader */
 	check("From: me@x\ngarbage\nFrom: victim@y\n\nb\n",
-	    "From: me@x\n<END>\ngarbage\nFrom: victim@y\n\nb\n", 1, 0, 0, 0, HDRSCAN_END_NONHEADER);
-	check("hello world\n", "<END>\nhello world\n", 0, 0, 0, 0, HDRSCAN_END_NONHEADER);
+	    "From: me@x\n<END>\ngarbage\nFrom: victim@y\n\nb\n", 1, 0, 0, 0, HEADER_END_NONHEADER);
+	check("hello world\n", "<END>\nhello world\n", 0, 0, 0, 0, HEADER_END_NONHEADER);
 	check(" continued\nFrom: v@y\n\n", "<END>\n continued\nFrom: v@y\n\n", 0, 0, 0, 0,
-	    HDRSCAN_END_NONHEADER);
+	    HEADER_END_NONHEADER);
 	check("From victim@y Mon\nFrom: me@x\n", "<END>\nFrom victim@y Mon\nFrom: me@x\n", 0, 0, 0,
-	    0, HDRSCAN_END_NONHEADER);
-	check(": x\n", "<END>\n: x\n", 0, 0, 0, 0, HDRSCAN_END_NONHEADER);
-	check("Fr om: x\n", "<END>\nFr om: x\n", 0, 0, 0, 0, HDRSCAN_END_NONHEADER);
-	check("S:1\nno colon", "S:1\n<END>\nno colon", 0, 0, 0, 0, HDRSCAN_END_NONHEADER);
-	check("\xc3\xa9: x\n", "<END>\n\xc3\xa9: x\n", 0, 0, 0, 0, HDRSCAN_END_NONHEADER);
+	    0, HEADER_END_NONHEADER);
+	check(": x\n", "<END>\n: x\n", 0, 0, 0, 0, HEADER_END_NONHEADER);
+	check("Fr om: x\n", "<END>\nFr om: x\n", 0, 0, 0, 0, HEADER_END_NONHEADER);
+	check("S:1\nno colon", "S:1\n<END>\nno colon", 0, 0, 0, 0, HEADER_END_NONHEADER);
+	check("\xc3\xa9: x\n", "<END>\n\xc3\xa9: x\n", 0, 0, 0, 0, HEADER_END_NONHEADER);
 }
 
 static void test_bounds(void **state)
 {
 	(void)state;
-	struct hdrscan *h = xmalloc(sizeof(*h));
+	struct header_scan *h = xmalloc(sizeof(*h));
 	struct sink k = { 0 };
-	char *big = xmalloc(HDRSCAN_BODY_MAX + 64);
+	char *big = xmalloc(HEADER_BODY_MAX + 64);
 
 	/* a From: body over the bound is cut and flagged, and still passed on whole */
-	hdrscan_init(h);
-	hdrscan_feed(h, "From: ", 6, out_cb, end_cb, &k);
-	memset(big, 'a', HDRSCAN_BODY_MAX + 10);
-	hdrscan_feed(h, big, HDRSCAN_BODY_MAX + 10, out_cb, end_cb, &k);
-	hdrscan_feed(h, "\n\n", 2, out_cb, end_cb, &k);
-	hdrscan_finish(h, out_cb, end_cb, &k);
+	header_scan_init(h);
+	header_scan_feed(h, "From: ", 6, out_cb, end_cb, &k);
+	memset(big, 'a', HEADER_BODY_MAX + 10);
+	header_scan_feed(h, big, HEADER_BODY_MAX + 10, out_cb, end_cb, &k);
+	header_scan_feed(h, "\n\n", 2, out_cb, end_cb, &k);
+	header_scan_finish(h, out_cb, end_cb, &k);
 	assert_true(h->from.too_long);
-	assert_int_equal(h->from.len, HDRSCAN_BODY_MAX);
-	assert_int_equal(k.n, 6 + HDRSCAN_BODY_MAX + 10 + 2 + 5);
+	assert_int_equal(h->from.len, HEADER_BODY_MAX);
+	assert_int_equal(k.n, 6 + HEADER_BODY_MAX + 10 + 2 + 5);
 	free(k.buf);
 	memset(&k, 0, sizeof(k));
 
-	/* a field name up to HDRSCAN_NAME_MAX is a field, one byte more is not */
-	hdrscan_init(h);
-	memset(big, 'X', HDRSCAN_NAME_MAX);
-	hdrscan_feed(h, big, HDRSCAN_NAME_MAX, out_cb, end_cb, &k);
-	hdrscan_feed(h, ": v\n", 4, out_cb, end_cb, &k);
+	/* a field name up to HEADER_NAME_MAX is a field, one byte more is not */
+	header_scan_init(h);
+	memset(big, 'X', HEADER_NAME_MAX);
+	header_scan_feed(h, big, HEADER_NAME_MAX, out_cb, end_cb, &k);
+	header_scan_feed(h, ": v\n", 4, out_cb, end_cb, &k);
 	assert_int_equal(h->fields, 1);
-	assert_int_equal(h->end, HDRSCAN_END_NONE);
-	hdrscan_feed(h, big, HDRSCAN_NAME_MAX + 1, out_cb, end_cb, &k);
-	assert_int_equal(h->end, HDRSCAN_END_NONHEADER);
-	hdrscan_finish(h, out_cb, end_cb, &k);
+	assert_int_equal(h->end, HEADER_END_NONE);
+	header_scan_feed(h, big, HEADER_NAME_MAX + 1, out_cb, end_cb, &k);
+	assert_int_equal(h->end, HEADER_END_NONHEADER);
+	header_scan_finish(h, out_cb, end_cb, &k);
 	assert_int_equal(k.ends, 1);
-	assert_int_equal(k.n, HDRSCAN_NAME_MAX + 4 + 5 + 1 + HDRSCAN_NAME_MAX + 1);
+	assert_int_equal(k.n, HEADER_NAME_MAX + 4 + 5 + 1 + HEADER_NAME_MAX + 1);
 	free(k.buf);
 	free(big);
 	free(h);

@@ -1,0 +1,83 @@
+/* filter: the check pipeline (operator.md §6). smtpd (and kalectl policy
+ * test) tell it what they learn of a session (client, HELO, MAIL) and ask it
+ * for a verdict on each recipient under that recipient's domain policy; it
+ * runs the policy's checks in order, each in its own filter_*.c, and never
+ * blocks its caller's event loop: DNS goes through c-ares on that loop, the
+ * policy store is read through a snapshot reloaded when the store changes.
+ * The caller never knows a check by name. */
+#ifndef KALE_FILTER_H
+#define KALE_FILTER_H
+
+#include <stddef.h>
+#include <sys/socket.h>
+
+#include "store/store.h"
+
+struct event_base;
+struct dns;
+struct filter_sess;
+struct lookup_pool;
+
+enum filter_phase { FILTER_PH_CONNECT, FILTER_PH_HELO, FILTER_PH_MAIL, FILTER_PH_RCPT,
+	FILTER_PH_DATA };
+
+enum filter_verdict { FILTER_ACCEPT, FILTER_TAG, FILTER_QUARANTINE, FILTER_TEMPFAIL,
+	FILTER_REJECT };
+
+/* One check's answer, in the order the checks ran (for the mail log,
+ * kalectl policy test and trace). */
+struct filter_step {
+	enum filter_phase phase;
+	char check[16];
+	char result[24];     /* pass fail none softfail ... error, or skipped */
+	char reason[256];    /* "" for a pass */
+	char action[16];     /* what the policy did with it: "" for a pass */
+};
+
+/* What the pipeline runs with; owned by the caller, outlives every session. */
+struct filter_env {
+	struct event_base *base;
+	struct dns *dns;          /* c-ares on base ([dns] servers) */
+	store *st;                /* the caller's handle (same thread) */
+	const char *hostname;     /* our name ([server] hostname) */
+	struct lookup_pool *pool; /* blocking work (SPF, DKIM), on the caller's base */
+	const char *dns_servers;  /* [dns] servers as c-ares wants them ("" = resolv.conf) */
+	int dry_run;              /* kalectl policy test: no state is written */
+};
+
+/* Called when a recipient's verdict is known (maybe before filter_rcpt
+ * returns). reply: the SMTP reply for a refusal ("554 5.7.1 ..."), NULL for
+ * accept/tag/quarantine. check: the deciding check's name ("score" when the
+ * spam score decided), NULL for accept. reason: "check: why", or NULL. */
+typedef void filter_done_cb(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason);
+
+/* A session from client sa (ip as text). outbound: authenticated or trusted
+ * (no inbound check runs for it). */
+struct filter_sess *filter_sess_new(const struct filter_env *env, const struct sockaddr *sa,
+    const char *ip, int outbound);
+/* The SMTP session's id (smtpd's), written into the mail-log rows. */
+void filter_sess_id(struct filter_sess *fs, const char *sid);
+/* Cancels a pending verdict (its callback is not called) and frees. */
+void filter_sess_free(struct filter_sess **fs);
+void filter_helo(struct filter_sess *fs, const char *helo);
+/* A new transaction from sender ("" for <>); resets per-transaction data. */
+void filter_mail(struct filter_sess *fs, const char *sender);
+/* The verdict for rcpt under policy (its domain's; NULL or "" = default). At
+ * most one pending per session. */
+void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
+    filter_done_cb *cb, void *arg);
+/* The steps so far (valid until the next call into fs). */
+const struct filter_step *filter_steps(const struct filter_sess *fs, int *n_r);
+
+/* Helpers kalectl shares with the checks (filter_util.c). */
+/* The greylist network of a client: "a.b.c.0/24" or "x:x:x:x::/64"; 0 or -1. */
+int filter_grey_net(const struct sockaddr *sa, char *out, size_t cap);
+/* Checks a list entry (kalectl list add): list allow|block, kind
+ * sender|recipient (ADDRESS or @DOMAIN), client (IP or CIDR), helo (a
+ * name); skip: "" or check names, comma separated (allow only). 0 or -1
+ * with *error_r. */
+int filter_list_check(const char *list, const char *kind, const char *value, const char *skip,
+    char **error_r);
+
+#endif
