@@ -52,6 +52,7 @@ static const char ctl_usage_text[] =
 	"  list del allow|block KIND VALUE [--policy POLICY] | list show [--policy P] [--json]\n"
 	"  greylist list [--json] | greylist flush [ADDRESS|IP]\n"
 	"  policy test --ip IP [--helo NAME] --from ADDR|<> --to ADDR [--json]\n"
+	"  trace QID [--json]\n"
 	"  dkim keygen DOMAIN [--selector SEL] [--algorithm rsa-sha256|ed25519-sha256] [--json]\n"
 	"  dkim list [--json] | dkim del DOMAIN [--selector SEL]\n"
 	"  dkim sign DOMAIN FILE [--selector SEL] | dkim verify FILE [--json] [--dns HOST:PORT]\n"

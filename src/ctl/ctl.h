@@ -113,6 +113,8 @@ int ctl_list_cmd(struct ctl *c, int argc, char **argv);
 int ctl_greylist_cmd(struct ctl *c, int argc, char **argv);
 /* policy test (ctl_diag.c) */
 int ctl_policy_test(struct ctl *c, int argc, char **argv);
+/* trace QID [--json] (ctl_trace.c) */
+int ctl_trace_cmd(struct ctl *c, int argc, char **argv);
 int ctl_queue_cmd(struct ctl *c, int argc, char **argv);
 int ctl_queue_status(struct ctl *c, int argc, char **argv);
 int ctl_queue_reload(struct ctl *c, int argc, char **argv);

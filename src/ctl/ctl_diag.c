@@ -7,6 +7,9 @@
 #include "ctl/ctl.h"
 
 #include <arpa/inet.h>
+#include <errno.h>
+#include <stdio.h>
+#include <unistd.h>
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
@@ -17,6 +20,10 @@
 #include "lib/dns.h"
 #include "lib/util.h"
 #include "lookup/lookup.h"
+#include "mail/dkim.h"
+#include "mail/header.h"
+
+#include <openssl/crypto.h>
 
 static const char *const ctl_phase_names[] = { "connect", "helo", "mail", "rcpt", "data" };
 
@@ -27,7 +34,67 @@ struct ctl_ptest {
 	char reply[512];
 	char check[32];
 	char reason[512];
+	uint64_t len;          /* the message after the end of DATA */
 };
+
+/* --message FILE as smtpd would store it (LF line ends) in an unlinked
+ * temporary file that the end-of-DATA phase may rewrite: its fd, or -1. */
+static int ctl_ptest_message(const char *path, uint64_t *len_r)
+{
+	FILE *in = fopen(path, "rb"), *out = in ? tmpfile() : NULL;
+	int ch, cr = 0, fd = -1;
+	uint64_t n = 0;
+
+	if (in == NULL || out == NULL) {
+		fprintf(stderr, "kalectl: --message %s: %s\n", path, strerror(errno));
+		goto done;
+	}
+	while ((ch = getc(in)) != EOF && n <= (uint64_t)KDKIM_MSG_MAX + 1) {
+		if (cr && ch != '\n') {
+			putc('\r', out);
+			n++;
+		}
+		cr = ch == '\r';
+		if (!cr) {
+			putc(ch, out);
+			n++;
+		}
+	}
+	if (cr) {
+		putc('\r', out);
+		n++;
+	}
+	if (ferror(in) || fflush(out) != 0 || (fd = dup(fileno(out))) < 0)
+		fprintf(stderr, "kalectl: --message %s: %s\n", path, strerror(errno));
+	*len_r = n;
+done:
+	if (in != NULL)
+		fclose(in);
+	if (out != NULL)
+		fclose(out);
+	return fd;
+}
+
+/* The first header field of the message in fd: what the phase put on top. */
+static void ctl_ptest_top(int fd, uint64_t len, char *buf, size_t cap)
+{
+	struct header_field f;
+	size_t n = len < cap - 1 ? (size_t)len : cap - 1, pos = 0;
+
+	buf[0] = '\0';
+	if (fs_pread_all(fd, buf, n, 0) < 0)
+		return;
+	buf[n] = '\0';
+	if (header_field_next(buf, n, &pos, &f) == 1 &&
+	    (header_field_is(buf, &f, "Authentication-Results") ||
+	    header_field_is(buf, &f, "DKIM-Signature"))) {
+		buf[f.off + f.len] = '\0';
+		if (f.len > 0 && buf[f.len - 1] == '\n')
+			buf[f.len - 1] = '\0';
+	} else {
+		buf[0] = '\0';
+	}
+}
 
 static void ctl_ptest_cb(void *arg, enum filter_verdict v, const char *reply, const char *check,
     const char *reason)
@@ -40,6 +107,15 @@ static void ctl_ptest_cb(void *arg, enum filter_verdict v, const char *reply, co
 	(void)util_fmt(t->check, sizeof(t->check), "%s", check ? check : "");
 	(void)util_fmt(t->reason, sizeof(t->reason), "%s", reason ? reason : "");
 	event_base_loopbreak(t->base);
+}
+
+static void ctl_ptest_data_cb(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason, uint64_t len)
+{
+	struct ctl_ptest *t = arg;
+
+	t->len = len;
+	ctl_ptest_cb(arg, v, reply, check, reason);
 }
 
 static const char *ctl_verdict_name(enum filter_verdict v)
@@ -167,7 +243,8 @@ int ctl_policy_test(struct ctl *c, int argc, char **argv)
 	struct store_domain d;
 	char servers[4096] = "", reply[512], route[1024] = "", *err = NULL, sender[320];
 	const struct filter_step *steps;
-	int nsteps;
+	int nsteps, data = 0;
+	char top[8192] = "";
 
 	if (argc < 1 || strcmp(argv[0], "test") != 0)
 		return ctl_usage("policy takes: test --ip IP [--helo NAME] --from ADDR --to ADDR");
@@ -183,8 +260,6 @@ int ctl_policy_test(struct ctl *c, int argc, char **argv)
 		return ctl_usage("--ip: '%.64s' is not an IP address", ip);
 	if (strchr(to, '@') == NULL)
 		return ctl_usage("--to needs an ADDRESS");
-	if (message != NULL)
-		return ctl_fail("--message: the end-of-DATA checks (DKIM, DMARC) are not built yet");
 	/* "<>" and "" are the null sender */
 	(void)util_fmt(sender, sizeof(sender), "%s", strcmp(from, "<>") == 0 ? "" : from);
 	if (ctl_open_store(c) < 0)
@@ -228,6 +303,34 @@ int ctl_policy_test(struct ctl *c, int argc, char **argv)
 		if (!t.done)
 			event_base_dispatch(t.base);
 	}
+	if (message != NULL && t.done && (t.v == FILTER_ACCEPT || t.v == FILTER_TAG ||
+	    t.v == FILTER_QUARANTINE)) {
+		/* the end of DATA, as smtpd runs it (outbound: signing) */
+		uint64_t len = 0;
+		int fd = ctl_ptest_message(message, &len);
+		struct store_dkim_key key;
+		const char *at = strrchr(sender, '@');
+		int sign = trusted && at != NULL && store_dkim_get(c->st, at + 1, NULL, &key) == 1;
+		if (fd < 0) {
+			rc = CTL_EXIT_FAIL;
+			goto free;
+		}
+		if (sign || (!trusted && filter_data_wanted(fs))) {
+			struct timeval tv = { 90, 0 };
+			t.done = 0;
+			filter_data(fs, fd, len, sign ? &key : NULL, ctl_ptest_data_cb, &t);
+			if (!t.done)
+				event_base_loopexit(t.base, &tv);
+			if (!t.done)
+				event_base_dispatch(t.base);
+			if (t.done)
+				ctl_ptest_top(fd, t.len, top, sizeof(top));
+			data = 1;
+		}
+		if (sign)
+			OPENSSL_cleanse(&key, sizeof(key));
+		close(fd);
+	}
 	steps = filter_steps(fs, &nsteps);
 	for (int i = 0; i < nsteps; i++)
 		ctl_step(&o, ctl_phase_names[steps[i].phase], steps[i].check, steps[i].result,
@@ -236,11 +339,25 @@ int ctl_policy_test(struct ctl *c, int argc, char **argv)
 		(void)util_fmt(t.reply, sizeof(t.reply), "451 4.7.1 filter timed out");
 		t.v = FILTER_TEMPFAIL;
 	}
+	rc = 0;
+free:
 	filter_sess_free(&fs);
 	lookup_pool_free(&pool);
 	dns_free(&env.dns);
 	event_base_free(t.base);
+	if (rc != 0) {
+		json_decref(o.steps);
+		return rc;
+	}
+	if (top[0] != '\0') {
+		if (json)
+			json_array_append_new(o.steps, json_pack("{s:s, s:s, s:s, s:s, s:s}", "phase",
+			    "data", "check", "header", "result", "added", "reason", top, "action", ""));
+		else
+			printf("added:\n%s\n", top);
+	}
 	if (t.v == FILTER_ACCEPT || t.v == FILTER_TAG || t.v == FILTER_QUARANTINE)
-		return ctl_verdict(&o, ctl_verdict_name(t.v), "250 2.1.5 Ok", route);
+		return ctl_verdict(&o, ctl_verdict_name(t.v), data ? "250 2.0.0 Ok" : "250 2.1.5 Ok",
+		    route);
 	return ctl_verdict(&o, ctl_verdict_name(t.v), t.reply, NULL);
 }

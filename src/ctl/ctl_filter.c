@@ -187,7 +187,13 @@ static int ctl_filter_set(struct ctl *c, int argc, char **argv)
 		rc = ctl_usage("--tag, --quarantine and --reject are for 'filter set score'");
 		goto out;
 	}
-	if (action != NULL && filter_action_parse(action, &act) < 0) {
+	if (action != NULL && strcmp(action, "policy") == 0) {
+		if (strcmp(check, "dmarc") != 0) {
+			rc = ctl_usage("--action policy is for dmarc only");
+			goto out;
+		}
+		act = FILTER_ACT_REJECT;   /* on; the published p= decides */
+	} else if (action != NULL && filter_action_parse(action, &act) < 0) {
 		rc = ctl_usage("unknown action '%.32s' (reject, tempfail, quarantine, tag, score, log, off)",
 		    action);
 		goto out;
@@ -214,7 +220,9 @@ static int ctl_filter_set(struct ctl *c, int argc, char **argv)
 		goto out;
 	}
 	opts = json_deep_copy(cc->opts);
-	if (action != NULL)
+	if (action != NULL && strcmp(action, "policy") == 0)
+		(void)filter_conf_set_policy(check, opts);
+	else if (action != NULL)
 		filter_conf_set_action(check, act, opts);
 	for (int i = 0; i < nopt; i++) {
 		char key[64];

@@ -29,6 +29,7 @@ static int ctl_log_row(void *ctx, const struct store_log_row *r)
 		json_object_set_new(j, "ts", json_integer(r->ts));
 		json_object_set_new(j, "time", ctl_json_str(when));
 		json_object_set_new(j, "qid", ctl_json_str(r->qid));
+		json_object_set_new(j, "session", ctl_json_str(r->session));
 		json_object_set_new(j, "action", ctl_json_str(r->action));
 		json_object_set_new(j, "from", ctl_json_str(r->sender));
 		json_object_set_new(j, "to", ctl_json_str(r->rcpt));

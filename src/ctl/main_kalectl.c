@@ -27,6 +27,7 @@ static const struct ctl_group ctl_groups[] = {
 	{ "list", ctl_list_cmd, 1 },
 	{ "greylist", ctl_greylist_cmd, 1 },
 	{ "policy", ctl_policy_test, 1 },
+	{ "trace", ctl_trace_cmd, 0 },
 	{ "dkim", ctl_dkim_cmd, 1 },
 	{ "status", ctl_queue_status, 0 },
 	{ "reload", ctl_queue_reload, 0 },

@@ -21,7 +21,7 @@
 
 static const struct filter_check *const filter_checks[] = {
 	&filter_check_lists, &filter_check_dnsbl, &filter_check_rdns, &filter_check_fcrdns,
-	&filter_check_helo, &filter_check_spf, &filter_check_greylist,
+	&filter_check_helo, &filter_check_spf, &filter_check_greylist, &filter_check_rate,
 };
 #define FILTER_N ((int)(sizeof(filter_checks) / sizeof(filter_checks[0])))
 
@@ -112,6 +112,21 @@ static struct filter_pol *filter_policy(store *st, const char *name, char **erro
 	return p;
 }
 
+struct filter_pol *filter_policy_get(store *st, const char *name, char **error_r)
+{
+	return filter_policy(st, name, error_r);
+}
+
+const struct filter_policy_conf *filter_pol_conf(const struct filter_pol *p)
+{
+	return p->conf;
+}
+
+void filter_pol_release(struct filter_pol **p)
+{
+	filter_pol_unref(p);
+}
+
 /* ---------- sessions ---------- */
 
 struct filter_sess *filter_sess_new(const struct filter_env *env, const struct sockaddr *sa,
@@ -160,8 +175,15 @@ void filter_sess_free(struct filter_sess **fsp)
 	*fsp = NULL;
 	fs->dead = 1;
 	fs->cb = NULL;
+	fs->dcb = NULL;
 	filter_pol_unref(&fs->pol);
 	filter_unref(fs);
+}
+
+void filter_auth(struct filter_sess *fs, const char *user)
+{
+	(void)util_fmt(fs->auth_user, sizeof(fs->auth_user), "%s", user ? user : "");
+	fs->outbound = 1;
 }
 
 void filter_helo(struct filter_sess *fs, const char *helo)
@@ -173,10 +195,16 @@ void filter_mail(struct filter_sess *fs, const char *sender)
 {
 	(void)util_fmt(fs->sender, sizeof(fs->sender), "%s", sender ? sender : "");
 	fs->have_mail = 1;
-	fs->spf[0] = fs->spf_from[0] = '\0';
+	fs->spf[0] = fs->spf_from[0] = fs->dmarc[0] = '\0';
+	fs->n_dpol = 0;
 	for (int i = 0; i < FILTER_N; i++)
 		if (filter_checks[i]->mail_reset != NULL)
 			filter_checks[i]->mail_reset(fs, &fs->data[i]);
+}
+
+const char *filter_dmarc_result(const struct filter_sess *fs)
+{
+	return fs->dmarc;
 }
 
 const struct filter_step *filter_steps(const struct filter_sess *fs, int *n_r)
@@ -185,7 +213,7 @@ const struct filter_step *filter_steps(const struct filter_sess *fs, int *n_r)
 	return fs->steps;
 }
 
-static void filter_step_add(struct filter_sess *fs, const struct filter_check *c,
+void filter_step_push(struct filter_sess *fs, enum filter_phase phase, const char *check,
     const char *result, const char *reason, const char *action)
 {
 	struct filter_step *st;
@@ -198,15 +226,21 @@ static void filter_step_add(struct filter_sess *fs, const struct filter_check *c
 	}
 	st = &fs->steps[fs->n_steps++];
 	memset(st, 0, sizeof(*st));
-	st->phase = c->phase;
-	(void)util_fmt(st->check, sizeof(st->check), "%s", c->name);
+	st->phase = phase;
+	(void)util_fmt(st->check, sizeof(st->check), "%s", check);
 	(void)util_fmt(st->result, sizeof(st->result), "%s", result);
 	(void)util_fmt(st->reason, sizeof(st->reason), "%s", reason ? reason : "");
 	(void)util_fmt(st->action, sizeof(st->action), "%s", action ? action : "");
 }
 
+static void filter_step_add(struct filter_sess *fs, const struct filter_check *c,
+    const char *result, const char *reason, const char *action)
+{
+	filter_step_push(fs, c->phase, c->name, result, reason, action);
+}
+
 /* A mail-log row for a check that failed but did not decide the recipient. */
-static void filter_log(struct filter_sess *fs, const char *action, const char *reason)
+void filter_log_row(struct filter_sess *fs, const char *action, const char *reason)
 {
 	struct store_log_row row = { 0 };
 
@@ -229,6 +263,14 @@ static void filter_finish(struct filter_sess *fs, enum filter_verdict v, const c
 	void *arg = fs->cb_arg;
 
 	fs->cb = NULL;
+	if (fs->pol != NULL && v != FILTER_REJECT && v != FILTER_TEMPFAIL) {
+		/* the end of DATA asks every policy a recipient was accepted under */
+		int seen = 0;
+		for (int i = 0; i < fs->n_dpol && !seen; i++)
+			seen = strcasecmp(fs->dpol[i], fs->pol->name) == 0;
+		if (!seen && fs->n_dpol < 8)
+			(void)util_fmt(fs->dpol[fs->n_dpol++], sizeof(fs->dpol[0]), "%s", fs->pol->name);
+	}
 	filter_pol_unref(&fs->pol);
 	if (cb != NULL)
 		cb(arg, v, reply, check, reason);
@@ -264,7 +306,7 @@ void filter_answer_as(struct filter_sess *fs, enum filter_res res, const char *r
 			filter_finish(fs, FILTER_TEMPFAIL, reply, c->name, why);
 			return;
 		}
-		filter_log(fs, "checked", why);
+		filter_log_row(fs, "checked", why);
 	} else if (res == FILTER_RES_FAIL) {
 		act = filter_action_name(a);
 		filter_step_add(fs, c, result, reason, act);
@@ -292,7 +334,7 @@ void filter_answer_as(struct filter_sess *fs, enum filter_res res, const char *r
 		default:
 			break;
 		}
-		filter_log(fs, "checked", why);
+		filter_log_row(fs, "checked", why);
 	} else {
 		filter_step_add(fs, c, result, reason, NULL);
 	}
@@ -322,7 +364,7 @@ static void filter_run_next(struct filter_sess *fs)
 		const struct filter_check *c = filter_checks[fs->next];
 		const struct filter_check_conf *cc = filter_conf_check(p, c->name);
 
-		if (cc == NULL || cc->action == FILTER_ACT_OFF) {
+		if (cc == NULL || cc->action == FILTER_ACT_OFF || (fs->outbound && !c->outbound)) {
 			fs->next++;
 			continue;
 		}
@@ -377,10 +419,6 @@ void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
 	fs->score = 0;
 	fs->tag = fs->quarantine = 0;
 	fs->reason[0] = '\0';
-	if (fs->outbound) {
-		filter_finish(fs, FILTER_ACCEPT, NULL, NULL, NULL);
-		return;
-	}
 	fs->pol = filter_policy(fs->env->st, policy, &err);
 	if (fs->pol == NULL) {
 		log_event(LOG_LVL_ERROR, "filter.policy_error", "policy", policy ? policy : "default",

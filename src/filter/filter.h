@@ -9,6 +9,7 @@
 #define KALE_FILTER_H
 
 #include <stddef.h>
+#include <stdint.h>
 #include <sys/socket.h>
 
 #include "store/store.h"
@@ -53,7 +54,7 @@ typedef void filter_done_cb(void *arg, enum filter_verdict v, const char *reply,
     const char *check, const char *reason);
 
 /* A session from client sa (ip as text). outbound: authenticated or trusted
- * (no inbound check runs for it). */
+ * (only the checks made for outbound mail run for it: rate). */
 struct filter_sess *filter_sess_new(const struct filter_env *env, const struct sockaddr *sa,
     const char *ip, int outbound);
 /* The SMTP session's id (smtpd's), written into the mail-log rows. */
@@ -61,6 +62,8 @@ void filter_sess_id(struct filter_sess *fs, const char *sid);
 /* Cancels a pending verdict (its callback is not called) and frees. */
 void filter_sess_free(struct filter_sess **fs);
 void filter_helo(struct filter_sess *fs, const char *helo);
+/* The client authenticated as user: the session is outbound from now on. */
+void filter_auth(struct filter_sess *fs, const char *user);
 /* A new transaction from sender ("" for <>); resets per-transaction data. */
 void filter_mail(struct filter_sess *fs, const char *sender);
 /* The verdict for rcpt under policy (its domain's; NULL or "" = default). At
@@ -69,6 +72,26 @@ void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
     filter_done_cb *cb, void *arg);
 /* The steps so far (valid until the next call into fs). */
 const struct filter_step *filter_steps(const struct filter_sess *fs, int *n_r);
+
+/* The end of DATA. len: the message's length after what was added and
+ * removed. v, reply, check and reason as for filter_done_cb (a refusal is a
+ * 550 or 451 for the whole message). */
+typedef void filter_data_cb(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason, uint64_t len);
+/* 1 if inbound mail of the current transaction has an end-of-DATA phase:
+ * a policy under which a recipient was accepted runs dkim or dmarc. */
+int filter_data_wanted(struct filter_sess *fs);
+/* The end-of-DATA phase on the message in fd, bytes [0, len) (LF line
+ * ends), rewritten in place through a descriptor of its own (the caller
+ * may close fd at any time): key NULL, inbound mail (DKIM, DMARC,
+ * Authentication-Results on top, forged ones in our name removed, the
+ * accepted recipients' policies decide); else outbound mail signed with key
+ * (copied, and wiped after use). cb is called once, later (at once when the
+ * environment has no pool), unless the session is freed first. */
+void filter_data(struct filter_sess *fs, int fd, uint64_t len, const struct store_dkim_key *key,
+    filter_data_cb *cb, void *arg);
+/* The DMARC result of the last message ("" if none was evaluated). */
+const char *filter_dmarc_result(const struct filter_sess *fs);
 
 /* Helpers kalectl shares with the checks (filter_util.c). */
 /* The greylist network of a client: "a.b.c.0/24" or "x:x:x:x::/64"; 0 or -1. */

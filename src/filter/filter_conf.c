@@ -50,6 +50,20 @@ static const struct filter_opt filter_opt_spf[] = {
 	{ "temperror", OPT_WORD, 0, 0, FILTER_ACTION_WORDS },
 	{ NULL, 0, 0, 0, NULL }
 };
+/* the action for each published policy a failing message is under */
+static const struct filter_opt filter_opt_dmarc[] = {
+	{ "p-reject", OPT_WORD, 0, 0, FILTER_ACTION_WORDS },
+	{ "p-quarantine", OPT_WORD, 0, 0, FILTER_ACTION_WORDS },
+	{ "p-none", OPT_WORD, 0, 0, FILTER_ACTION_WORDS },
+	{ NULL, 0, 0, 0, NULL }
+};
+#define FILTER_DMARC_POLICY "{\"p-reject\": \"reject\", \"p-quarantine\": \"quarantine\", \"p-none\": \"log\"}"
+static const struct filter_opt filter_opt_rate[] = {
+	{ "messages", OPT_INT, 0, 100000000, NULL },
+	{ "recipients", OPT_INT, 0, 100000000, NULL },
+	{ "per", OPT_DURATION, 1, 7 * 86400, NULL },
+	{ NULL, 0, 0, 0, NULL }
+};
 static const struct filter_opt filter_opt_none[] = { { NULL, 0, 0, 0, NULL } };
 
 /* The order is the order the checks run in (filter.c keeps the same). */
@@ -65,13 +79,22 @@ static const struct filter_reg filter_regs[] = {
 	{ "spf", FILTER_ACT_REJECT, "{\"fail\": \"reject\", \"softfail\": \"log\","
 	  " \"permerror\": \"log\", \"temperror\": \"tempfail\"}", filter_opt_spf,
 	  "--fail ACTION --softfail ACTION --permerror ACTION --temperror ACTION" },
+	/* end of DATA: every signature verified and reported; a failed one
+	 * alone refuses nothing (RFC 6376 6.3), DMARC decides */
+	{ "dkim", FILTER_ACT_LOG, "{}", filter_opt_none, "" },
+	/* on, obeying the published p= and pct= */
+	{ "dmarc", FILTER_ACT_REJECT, FILTER_DMARC_POLICY, filter_opt_dmarc,
+	  "--p-reject ACTION --p-quarantine ACTION --p-none ACTION (--action policy: as published)" },
 	{ "greylist", FILTER_ACT_OFF, "{\"delay\": 300, \"expire\": 3024000, \"auto-allow\": 5}",
 	  filter_opt_greylist, "--delay DURATION --expire DURATION --auto-allow N" },
+	/* on, but without limits until they are given; runs for outbound too */
+	{ "rate", FILTER_ACT_TEMPFAIL, "{\"messages\": 0, \"recipients\": 0, \"per\": 3600}",
+	  filter_opt_rate, "--messages N --recipients N --per DURATION" },
 };
 #define FILTER_NREG ((int)(sizeof(filter_regs) / sizeof(filter_regs[0])))
 
 const char *const filter_conf_names[] = { "lists", "dnsbl", "rdns", "fcrdns", "helo", "spf",
-	"greylist", NULL };
+	"dkim", "dmarc", "greylist", "rate", NULL };
 
 static const char *const filter_action_names[] = {
 	[FILTER_ACT_OFF] = "off", [FILTER_ACT_LOG] = "log", [FILTER_ACT_SCORE] = "score",
@@ -347,6 +370,18 @@ int filter_conf_set_option(const char *check, const char *key, const char *value
 	}
 	}
 	json_object_set_new(opts, key, v);
+	return 0;
+}
+
+int filter_conf_set_policy(const char *check, json_t *opts)
+{
+	json_t *d;
+
+	if (strcmp(check, "dmarc") != 0)
+		return -1;
+	d = json_loads(FILTER_DMARC_POLICY, 0, NULL);
+	json_object_update(opts, d);
+	json_decref(d);
 	return 0;
 }
 

@@ -68,6 +68,9 @@ int filter_conf_set_option(const char *check, const char *key, const char *value
 /* --action A for a check whose results have actions of their own (spf's
  * fail, softfail, permerror, temperror): sets them all to A in opts. */
 void filter_conf_set_action(const char *check, enum filter_action a, json_t *opts);
+/* --action policy (dmarc only): its per-policy actions back to following
+ * the published p=. 0, or -1 for a check that has no such action. */
+int filter_conf_set_policy(const char *check, json_t *opts);
 /* The option names CHECK takes, for the usage text: "--zones ZONE[=WEIGHT],..." */
 const char *filter_conf_option_help(const char *check);
 /* The policy as JSON: {"name", "scores": {...}, "checks": [{"name",

@@ -27,7 +27,7 @@ static void greylist_run(struct filter_sess *fs, const struct filter_check_conf 
 {
 	store *st = fs->env->st;
 	long long delay = grey_opt(cc, "delay", 300), expire = grey_opt(cc, "expire", 35 * 86400);
-	long long auto_allow = grey_opt(cc, "auto_allow", 5);
+	long long auto_allow = grey_opt(cc, "auto-allow", 5);
 	int64_t now = (int64_t)time(NULL), cexp;
 	struct store_greylist g = { 0 };
 	char net[64], why[120];

@@ -13,6 +13,8 @@
 
 #include "filter/filter.h"
 #include "filter/filter_conf.h"
+#include "lib/dns.h"
+#include "mail/dkim.h"
 
 enum filter_res {
 	FILTER_RES_PASS,      /* nothing against it */
@@ -24,6 +26,7 @@ struct filter_check {
 	const char *name;
 	enum filter_phase phase;  /* where its data comes from (for the steps) */
 	const char *ecode;        /* enhanced code of a rejection: "5.7.1" if NULL */
+	int outbound;             /* runs for outbound sessions too (else inbound only) */
 	/* Asks about fs->rcpt under settings cc; answers with filter_answer. */
 	void (*run)(struct filter_sess *fs, const struct filter_check_conf *cc);
 	/* Frees fs->data[i] (may be NULL): the session ends. */
@@ -42,6 +45,7 @@ struct filter_sess {
 	char ip[INET6_ADDRSTRLEN];
 	int outbound;
 	char helo[256];
+	char auth_user[320];      /* the authenticated user, "" if none */
 	char sender[320];         /* "" for <> */
 	int have_mail;
 	char rcpt[320];           /* the recipient being decided */
@@ -67,6 +71,13 @@ struct filter_sess {
 	char spf[16];             /* RFC 8601 spf= result, "" if not checked */
 	char spf_from[320];       /* the identity checked (smtp.mailfrom / smtp.helo) */
 	char sid[24];             /* the SMTP session's id, for the mail log */
+	char dmarc[16];           /* the DMARC result of the last message, "" if none */
+
+	/* the end of DATA (filter_data.c) */
+	char dpol[8][64];         /* policies under which recipients were accepted */
+	int n_dpol;
+	filter_data_cb *dcb;
+	void *dcb_arg;
 };
 
 /* The check's answer. result: its own word ("pass", "fail", "none",
@@ -87,9 +98,20 @@ void filter_ref(struct filter_sess *fs);
 /* Drops a reference; 1 if the session is gone (do not touch it). */
 int filter_unref(struct filter_sess *fs);
 
+/* A step of the trace (filter_steps); action NULL for a pass. */
+void filter_step_push(struct filter_sess *fs, enum filter_phase phase, const char *check,
+    const char *result, const char *reason, const char *action);
+/* A mail-log row for a check that failed without deciding (not in a dry run). */
+void filter_log_row(struct filter_sess *fs, const char *action, const char *reason);
+/* A policy from the per-process cache, with a reference (NULL with *error_r). */
+struct filter_pol *filter_policy_get(store *st, const char *name, char **error_r);
+const struct filter_policy_conf *filter_pol_conf(const struct filter_pol *p);
+void filter_pol_release(struct filter_pol **p);
+
 /* The checks, in the order they run (filter.c's table). */
 extern const struct filter_check filter_check_lists, filter_check_dnsbl, filter_check_rdns,
-    filter_check_fcrdns, filter_check_helo, filter_check_greylist, filter_check_spf;
+    filter_check_fcrdns, filter_check_helo, filter_check_greylist, filter_check_spf,
+    filter_check_rate;
 
 /* The SPF result ("pass" ... "permerror") and a comment for the client
  * sa, HELO name and sender ("" for <>), resolving through servers, with
@@ -97,6 +119,29 @@ extern const struct filter_check filter_check_lists, filter_check_dnsbl, filter_
  * blocking (a pool thread, or kalectl). */
 void filter_spf_eval(const char *servers, const char *hostname, const struct sockaddr *sa,
     const char *helo, const char *sender, char *result, size_t rcap, char *reason, size_t xcap);
+
+/* DMARC (filter_dmarc.c), blocking. */
+struct filter_dmarc_in {
+	const char *ip;
+	const char *from_domain;     /* "" : from_why says why there is none */
+	const char *from_why;
+	const char *spf;             /* the SPF result word */
+	const char *spf_domain;      /* the identity SPF checked: MAIL FROM's domain or the HELO */
+	int spf_helo;
+	const struct kdkim_result *dkim;
+	int n_dkim;
+};
+struct filter_dmarc_res {
+	char result[16];             /* pass fail none temperror permerror */
+	char policy[12];             /* fail: the policy that applies, after pct= */
+	char domain[256];            /* header.from */
+	char reason[160];
+};
+/* The domain of the one author address in msg's From: (lower case): 1, or 0
+ * with *why_r (no From:, several, unparsable, no domain). */
+int filter_from_domain(const char *msg, size_t len, char *dom, size_t cap, const char **why_r);
+void filter_dmarc_eval(struct dns_sync *ds, const struct filter_dmarc_in *in,
+    struct filter_dmarc_res *r);
 
 /* Pure helpers (filter_util.c), unit-tested. */
 /* The DNSBL query name of an address under zone (RFC 5782: reversed IPv4

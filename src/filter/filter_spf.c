@@ -38,6 +38,8 @@ struct spf_thread {
 	struct dns_sync *ds;
 	char servers[1024];
 	uint64_t deadline_ms;        /* of the evaluation running */
+	char top[256];               /* the domain checked */
+	int top_spf;                 /* it published a v=spf1 record */
 	unsigned char buf[DNS_RAW_MAX];
 };
 
@@ -167,6 +169,27 @@ static int spf_parse(SPF_dns_rr_t *rr, ns_type type, const unsigned char *b, int
 	}
 }
 
+/* 1 if name can be asked at all: labels of 1..63 bytes, 253 in all (a
+ * trailing dot allowed). c-ares refuses other names, which is no DNS error. */
+static int spf_name_ok(const char *name)
+{
+	size_t len = strlen(name), label = 0;
+
+	if (len == 0 || len > 254 || (len == 254 && name[253] != '.'))
+		return 0;
+	for (size_t i = 0; i < len; i++) {
+		if (name[i] != '.') {
+			if (++label > 63)
+				return 0;
+		} else if (label == 0) {
+			return 0;
+		} else {
+			label = 0;
+		}
+	}
+	return 1;
+}
+
 /* libspf2 asks a question: one DNS lookup through kale's resolver. */
 static SPF_dns_rr_t *spf_lookup(SPF_dns_server_t *layer, const char *domain, ns_type type,
     int should_cache)
@@ -178,7 +201,9 @@ static SPF_dns_rr_t *spf_lookup(SPF_dns_server_t *layer, const char *domain, ns_
 	int len = 0, herrno;
 
 	(void)should_cache;
-	if (util_now_ms() < t->deadline_ms)
+	if (!spf_name_ok(domain))
+		st = DNS_NOTFOUND;   /* never asked: no such name (RFC 7208 4.3) */
+	else if (util_now_ms() < t->deadline_ms)
 		st = dns_sync_raw(t->ds, domain, (int)type, t->buf, sizeof(t->buf), &len, &err);
 	herrno = st == DNS_OK ? NETDB_SUCCESS : st == DNS_NOTFOUND ? HOST_NOT_FOUND
 	    : st == DNS_NODATA ? NO_DATA : TRY_AGAIN;
@@ -190,6 +215,12 @@ static SPF_dns_rr_t *spf_lookup(SPF_dns_server_t *layer, const char *domain, ns_
 		rr->herrno = TRY_AGAIN;      /* malformed: a temporary error */
 	} else if (rr->num_rr == 0) {
 		rr->herrno = NO_DATA;
+	} else if ((type == ns_t_txt || type == ns_t_spf) && strcasecmp(domain, t->top) == 0) {
+		for (int i = 0; i < rr->num_rr; i++) {
+			const char *x = rr->rr[i]->txt;
+			if (strncasecmp(x, "v=spf1", 6) == 0 && (x[6] == ' ' || x[6] == '\0'))
+				t->top_spf = 1;
+		}
 	}
 	return rr;
 }
@@ -280,16 +311,27 @@ void filter_spf_eval(const char *servers, const char *hostname, const struct soc
 		SPF_record_t *rec = NULL;
 		SPF_errcode_t e;
 
+		int interp = 0;
+
 		resp = SPF_response_new(req);
+		(void)util_fmt(t->top, sizeof(t->top), "%s", req->cur_dom);
+		t->top_spf = 0;
 		e = SPF_server_get_record(t->srv, req, resp, &rec);
 		if (e == SPF_E_SUCCESS) {
 			resp->spf_record_exp = rec;     /* for the exp= modifier */
 			e = SPF_record_interpret(rec, req, resp, 0);
 			resp->spf_record_exp = NULL;
+			interp = 1;
 		}
 		if (rec != NULL)
 			SPF_record_free(rec);
-		if (e == SPF_E_NOT_SPF) {
+		if (e == SPF_E_NOT_SPF && (interp || t->top_spf)) {
+			/* libspf2's word for a record that does not compile, and for
+			 * an include:/redirect= target without one: permerror */
+			(void)util_fmt(result, rcap, "permerror");
+			(void)util_fmt(reason, xcap, "%s", interp ? "include or redirect target has no SPF record"
+			    : "SPF record does not parse");
+		} else if (e == SPF_E_NOT_SPF) {
 			(void)util_fmt(result, rcap, "none");
 			(void)util_fmt(reason, xcap, "no SPF record");
 		} else if (e == SPF_E_DNS_ERROR) {

@@ -205,3 +205,42 @@ void header_scan_finish(struct header_scan *h, header_scan_out_fn *out, header_s
 	}
 	header_scan_flush(&o);
 }
+
+/* ---------- a message held in memory ---------- */
+
+int header_field_next(const char *msg, size_t len, size_t *pos, struct header_field *f)
+{
+	size_t p = *pos, n = 0, e;
+
+	/* the name: printable ASCII but ':', then optional WSP (obsolete), then ':' */
+	while (p + n < len && n < HEADER_NAME_MAX && msg[p + n] > 32 && msg[p + n] < 127 &&
+	    msg[p + n] != ':')
+		n++;
+	if (n == 0)
+		return 0;
+	e = p + n;
+	while (e < len && (msg[e] == ' ' || msg[e] == '\t'))
+		e++;
+	if (e >= len || msg[e] != ':')
+		return 0;
+	f->off = p;
+	f->name_len = n;
+	f->body = e + 1;
+	/* the body: up to a line end not followed by WSP */
+	for (e = f->body; e < len; e++) {
+		if (msg[e] != '\n')
+			continue;
+		if (e + 1 < len && (msg[e + 1] == ' ' || msg[e + 1] == '\t'))
+			continue;
+		e++;
+		break;
+	}
+	f->len = e - p;
+	*pos = e;
+	return 1;
+}
+
+int header_field_is(const char *msg, const struct header_field *f, const char *name)
+{
+	return strlen(name) == f->name_len && strncasecmp(msg + f->off, name, f->name_len) == 0;
+}

@@ -63,4 +63,21 @@ void header_scan_feed(struct header_scan *h, const char *p, size_t len, header_s
 void header_scan_finish(struct header_scan *h, header_scan_out_fn *out, header_scan_end_fn *end,
     void *ctx);
 
+/* ---- a message held in memory ----
+ * One header field of msg[0..len): bytes [off, off + len) are the whole
+ * field, folds and its line end included; the name is [off, off + name_len),
+ * the body starts at body (after the ':'). LF or CRLF line ends. */
+struct header_field {
+	size_t off, len;
+	size_t name_len;
+	size_t body;
+};
+
+/* The field at *pos (start with 0): 1 with *f filled and *pos past it, or 0
+ * at the end of the header section (*pos then at the empty line, at the first
+ * line that is no header field, or at len). Linear in the field's size. */
+int header_field_next(const char *msg, size_t len, size_t *pos, struct header_field *f);
+/* 1 if field f is named name (case-insensitive; "NAME WSP:" counts). */
+int header_field_is(const char *msg, const struct header_field *f, const char *name);
+
 #endif

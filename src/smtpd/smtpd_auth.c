@@ -118,6 +118,8 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 		case AUTH_OK:
 			s->auth_address = j->address;
 			j->address = NULL;
+			if (s->fs != NULL)
+				filter_auth(s->fs, s->auth_address);
 			smtpd_reply(s, "235 2.7.0 Authentication successful");
 			log_event(LOG_LVL_INFO, "auth.ok", "client", s->ip, "user", s->auth_address,
 			    "detail", j->detail, NULL);

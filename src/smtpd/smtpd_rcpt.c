@@ -164,6 +164,7 @@ static void smtpd_verify_cb(void *ctx, const struct lookup_answer *a)
 		    ? "550 5.1.1 Recipient address rejected: User unknown"
 		    : "451 4.4.3 Recipient verification temporarily unavailable";
 		smtpd_reply(s, "%s", text);
+		row.session = s->sid[0] ? s->sid : NULL;
 		row.client = s->ip;
 		row.helo = s->helo[0] ? s->helo : NULL;
 		row.sender = s->tx.active ? s->tx.mail.addr : NULL;
@@ -255,9 +256,18 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 		smtpd_reject(s, addr, "452 4.5.3 Too many recipients");
 		return;
 	}
-	if (!s->trusted && !s->auth_address && !special && s->fs != NULL) {
-		/* inbound mail: the domain's filter policy decides (src/filter/) */
+	if (!special && s->fs != NULL) {
+		/* the filter policy decides (src/filter/): inbound mail under the
+		 * recipient domain's, outbound mail (trusted, authenticated; only
+		 * its own checks run) under the sender domain's */
 		struct smtpd_filterwait *fw = xcalloc(1, sizeof(*fw));
+		struct store_domain sd;
+		const char *policy = found ? dom->filter : NULL, *at;
+		if (s->trusted || s->auth_address) {
+			at = tx->mail.is_null ? NULL : strrchr(tx->mail.addr, '@');
+			policy = at != NULL && store_domain_get(s->w->st, at + 1, &sd) == 1 ? sd.filter
+			    : NULL;
+		}
 		fw->p = *pp;
 		(void)util_fmt(fw->addr, sizeof(fw->addr), "%s", addr);
 		fw->targets = targets;
@@ -266,7 +276,7 @@ static void smtpd_rcpt_decide(struct smtpd_session *s, const struct smtp_path *p
 		s->fw = fw;
 		s->state = SMTPD_WAIT;
 		bufferevent_disable(s->bev, EV_READ);
-		filter_rcpt(s->fs, addr, found ? dom->filter : NULL, smtpd_filter_cb, s);
+		filter_rcpt(s->fs, addr, policy, smtpd_filter_cb, s);
 		if (s->fw == fw)
 			fw->sync = 0;      /* the verdict comes later */
 		return;
@@ -328,4 +338,5 @@ static void smtpd_rcpt_add(struct smtpd_session *s, const struct smtp_path *pp, 
 	tx->n_rcpt++;
 	tx->n_targets += n;
 	smtpd_reply(s, "250 2.1.5 Ok");
+	smtpd_log_row(s, "rcpt", pp->addr, "250 2.1.5", NULL);
 }

@@ -21,6 +21,7 @@
 
 #include "lib/log.h"
 #include "lib/util.h"
+#include "queue/queue_file.h"
 #include "smtpd/smtpd_int.h"
 
 static void smtpd_process_loop(struct smtpd_session *s);
@@ -45,6 +46,7 @@ void smtpd_log_row(struct smtpd_session *s, const char *action, const char *rcpt
 	struct store_log_row row = { 0 };
 
 	row.qid = s->tx.qid[0] ? s->tx.qid : NULL;
+	row.session = s->sid[0] ? s->sid : NULL;
 	row.client = s->ip;
 	row.helo = s->helo[0] ? s->helo : NULL;
 	row.sender = s->tx.active ? s->tx.mail.addr : NULL;
@@ -623,12 +625,52 @@ static void smtpd_greet_cb(evutil_socket_t fd, short what, void *arg)
 		smtpd_greet(s);
 }
 
-/* A new session on its bufferevent (from smtpd_on_accept): the greeting,
- * at once or after greeting_delay. */
+/* The session's id in the mail log: a queue id (unique across nodes and
+ * time, strictly increasing in this process) written in base 32, 20
+ * characters, so it is never taken for a queue id. */
+static void smtpd_session_id(char sid[24])
+{
+	static const char b32[] = "0123456789abcdefghjkmnpqrstvwxyz";
+	char qid[32];
+	uint64_t acc = 0;
+	int bits = 0, o = 0;
+
+	queue_qid_new(qid);
+	for (int i = 0; i < 24 && qid[i] != '\0'; i++) {
+		char c = qid[i];
+		acc = acc << 4 | (uint64_t)(c <= '9' ? c - '0' : (c | 0x20) - 'a' + 10);
+		bits += 4;
+		if (bits >= 5) {
+			sid[o++] = b32[(acc >> (bits - 5)) & 31];
+			bits -= 5;
+		}
+	}
+	if (bits > 0)
+		sid[o++] = b32[(acc << (5 - bits)) & 31];
+	sid[o] = '\0';
+}
+
+/* A new session on its bufferevent (from smtpd_on_accept, right after
+ * filter_sess_new): its id and "connect" row, then the greeting, at once or
+ * after greeting_delay. */
 void smtpd_session_start(struct smtpd_session *s)
 {
 	struct smtpd_worker *w = s->w;
+	struct store_log_row row = { 0 };
+	char how[48];
 
+	smtpd_session_id(s->sid);
+	if (s->fs != NULL)
+		filter_sess_id(s->fs, s->sid);
+	(void)util_fmt(how, sizeof(how), "%s%s", s->kind == LISTEN_LOCAL ? "local"
+	    : smtpd_is_submission(s) ? "submission" : "smtp",
+	    s->trusted && s->kind != LISTEN_LOCAL ? ", trusted network" : "");
+	row.session = s->sid;
+	row.client = s->ip;
+	row.action = "connect";
+	row.reason = how;
+	if (w->st)
+		store_log_add(w->st, &row);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, 1024 * 1024);
 	if (w->cfg->greeting_delay > 0) {
 		struct timeval tv = { w->cfg->greeting_delay, 0 };

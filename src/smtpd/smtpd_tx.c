@@ -15,6 +15,7 @@
 #include <event2/buffer.h>
 #include <event2/bufferevent.h>
 #include <event2/bufferevent_ssl.h>
+#include <openssl/crypto.h>
 #include <openssl/ssl.h>
 
 #include "lib/log.h"
@@ -283,10 +284,72 @@ void smtpd_committed(struct queue_commit_job *job, int sync_err, int dir_err)
 
 /* ---------- end of message ---------- */
 
+static void smtpd_message_queue(struct smtpd_session *s);
+
+/* The filter's end-of-DATA verdict (maybe inside filter_data). */
+static void smtpd_data_done(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason, uint64_t len)
+{
+	struct smtpd_session *s = arg;
+	struct smtpd_tx *tx = &s->tx;
+
+	if (s->state == SMTPD_CLOSING)
+		return;             /* the session goes; smtpd_free resets the transaction */
+	s->state = SMTPD_CMD;
+	if (v == FILTER_REJECT || v == FILTER_TEMPFAIL) {
+		log_event(LOG_LVL_INFO, "filter.verdict", "client", s->ip, "qid", tx->qid, "verdict",
+		    v == FILTER_REJECT ? "reject" : "tempfail", "check", check, "reason", reason, NULL);
+		smtpd_reject(s, NULL, reply);
+		smtpd_tx_reset(s);
+	} else {
+		if (v != FILTER_ACCEPT)
+			log_event(LOG_LVL_INFO, "filter.verdict", "client", s->ip, "qid", tx->qid,
+			    "verdict", v == FILTER_TAG ? "tag" : "quarantine", "check", check,
+			    "reason", reason, NULL);
+		tx->body_len = len;
+		smtpd_message_queue(s);
+	}
+	if (s->state != SMTPD_CMD || s->busy)
+		return;             /* committing, or smtpd_process's loop goes on */
+	bufferevent_enable(s->bev, EV_READ);
+	smtpd_process(s);
+}
+
+/* Starts the end-of-DATA phase if the message has one: inbound mail whose
+ * recipients' policies verify DKIM or DMARC, outbound mail (authenticated,
+ * trusted, local) whose sender domain has a DKIM key. 1 if it was started. */
+static int smtpd_data_phase(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+	struct store_dkim_key key;
+	const char *at;
+	int r, out = s->trusted || s->auth_address || s->kind == LISTEN_LOCAL;
+
+	if (s->fs == NULL)
+		return 0;
+	if (out) {
+		at = tx->mail.is_null ? NULL : strrchr(tx->mail.addr, '@');
+		if (at == NULL || s->w->st == NULL)
+			return 0;
+		r = store_dkim_get(s->w->st, at + 1, NULL, &key);
+		if (r <= 0)
+			return 0;       /* no key (or the store cannot say): sent unsigned */
+	} else if (!filter_data_wanted(s->fs)) {
+		return 0;
+	}
+	s->state = SMTPD_WAIT;
+	bufferevent_disable(s->bev, EV_READ);
+	s->busy++;
+	filter_data(s->fs, tx->fd, tx->body_len, out ? &key : NULL, smtpd_data_done, s);
+	s->busy--;
+	if (out)
+		OPENSSL_cleanse(&key, sizeof(key));
+	return 1;
+}
+
 void smtpd_message_done(struct smtpd_session *s)
 {
 	struct smtpd_tx *tx = &s->tx;
-	struct queue_env env = { 0 };
 
 	if (tx->hs != NULL && !tx->data.too_big)
 		header_scan_finish(tx->hs, smtpd_hs_out, smtpd_hdr_end, s);
@@ -310,6 +373,17 @@ void smtpd_message_done(struct smtpd_session *s)
 			return;
 		}
 	}
+	if (tx->werrno == 0 && smtpd_data_phase(s))
+		return;             /* smtpd_data_done goes on */
+	smtpd_message_queue(s);
+}
+
+/* The message as it is now goes into the queue. */
+static void smtpd_message_queue(struct smtpd_session *s)
+{
+	struct smtpd_tx *tx = &s->tx;
+	struct queue_env env = { 0 };
+
 	if (tx->werrno == 0) {
 		env.version = QUEUE_FORMAT_VERSION;
 		env.auth_user = s->auth_address;

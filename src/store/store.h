@@ -156,6 +156,13 @@ struct store_log_query {
 /* Newest first. The row's strings are valid only during the callback. */
 int store_log_search(store *st, const struct store_log_query *q,
     int (*cb)(void *ctx, const struct store_log_row *row), void *ctx);
+/* One message's rows, oldest first (kalectl trace): every row of qid, and
+ * the rows without a queue id of the SMTP session that received it, from
+ * its previous message on (connect, checks, RCPT), the connect row always.
+ * At most limit rows (0 = 100000). The number of rows (0: qid unknown), or
+ * -1. The row's strings are valid only during the callback. */
+int store_log_trace(store *st, const char *qid, int limit,
+    int (*cb)(void *ctx, const struct store_log_row *row), void *ctx);
 
 /* ---- recipient verification profiles and their cache (store_verify.c;
  * added by H11 for issue 5, schema version 2) ---- */
@@ -273,6 +280,10 @@ long store_greylist_flush(store *st, const char *what, int64_t now, char **error
  * now) and reads the sums back. 0 or -1. */
 int store_rate_hit(store *st, const char *key, int64_t now, int64_t window, int messages,
     int rcpts, int64_t *messages_r, int64_t *rcpts_r);
+/* The sums of KEY's window as they are (0 if it has passed or none), writing
+ * nothing (kalectl policy test). 0 or -1. */
+int store_rate_get(store *st, const char *key, int64_t now, int64_t window,
+    int64_t *messages_r, int64_t *rcpts_r);
 
 /* ---- DKIM signing keys (store_dkim.c) ----
  * One row per (domain, selector); a domain signs with its newest key. The

@@ -364,3 +364,21 @@ int store_rate_hit(store *st, const char *key, int64_t now, int64_t window, int 
 	store_q_end(&q);
 	return rc == STORE_ROW ? 0 : -1;
 }
+
+int store_rate_get(store *st, const char *key, int64_t now, int64_t window,
+    int64_t *messages_r, int64_t *rcpts_r)
+{
+	struct store_q q;
+	int rc;
+
+	*messages_r = *rcpts_r = 0;
+	if (store_q_start(st, &q, ST_RATE_GET, NULL, "t", key) < 0)
+		return -1;
+	rc = store_q_step(&q);
+	if (rc == STORE_ROW && store_q_int(&q, 0) > now - window) {
+		*messages_r = store_q_int(&q, 1);
+		*rcpts_r = store_q_int(&q, 2);
+	}
+	store_q_end(&q);
+	return rc == STORE_ROW || rc == STORE_DONE ? 0 : -1;
+}

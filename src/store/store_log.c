@@ -11,12 +11,16 @@
 
 #define STORE_LOG_FIELD_MAX 1000  /* longer strings are cut */
 #define STORE_LOG_LIMIT_MAX 100000
+#define STORE_LOG_NSTR 11         /* the string fields of a row, as struct store_log_item */
+#define STORE_LOG_COLS "ts, qid, client, helo, sender, rcpt, action, code, reason, profile, " \
+	"relay, size, delay_ms, session"
 
 void store_log_add(store *st, const struct store_log_row *row)
 {
 	struct store_log_item *it;
-	const char *f[10] = { row->qid, row->client, row->helo, row->sender, row->rcpt,
-		row->action, row->code, row->reason, row->profile, row->relay };
+	const char *f[STORE_LOG_NSTR] = { row->qid, row->client, row->helo, row->sender,
+		row->rcpt, row->action, row->code, row->reason, row->profile, row->relay,
+		row->session };
 
 	if (st->n_log >= STORE_LOG_BATCH)
 		store_log_flush(st);
@@ -34,7 +38,7 @@ void store_log_add(store *st, const struct store_log_row *row)
 	it->ts = row->ts != 0 ? row->ts : (int64_t)time(NULL);
 	it->size = row->size;
 	it->delay_ms = row->delay_ms;
-	for (int i = 0; i < 10; i++) {
+	for (int i = 0; i < STORE_LOG_NSTR; i++) {
 		const char *v = f[i];
 		it->s[i] = v ? xstrndup(v, strnlen(v, STORE_LOG_FIELD_MAX)) : NULL;
 	}
@@ -42,7 +46,7 @@ void store_log_add(store *st, const struct store_log_row *row)
 
 static void store_log_item_free(struct store_log_item *it)
 {
-	for (int i = 0; i < 10; i++)
+	for (int i = 0; i < STORE_LOG_NSTR; i++)
 		free(it->s[i]);
 	memset(it, 0, sizeof(*it));
 }
@@ -55,9 +59,9 @@ int store_log_flush(store *st)
 		return -1;
 	for (int i = 0; i < st->n_log; i++) {
 		struct store_log_item *it = &st->log[i];
-		if (store_run(st, ST_LOG_INSERT, "IttttttttttII", it->ts, it->s[0], it->s[1], it->s[2],
+		if (store_run(st, ST_LOG_INSERT, "IttttttttttIIt", it->ts, it->s[0], it->s[1], it->s[2],
 		    it->s[3], it->s[4], it->s[5], it->s[6], it->s[7], it->s[8], it->s[9], it->size,
-		    it->delay_ms) != STORE_DONE) {
+		    it->delay_ms, it->s[10]) != STORE_DONE) {
 			store_tx_rollback(st);
 			return -1;
 		}
@@ -96,6 +100,21 @@ static char *store_like_pattern(const char *s)
 	return p;
 }
 
+/* A row of STORE_LOG_COLS; its strings are the statement's (valid until the next step). */
+static void store_log_read(struct store_q *sq, struct store_log_row *row)
+{
+	const char **f[10] = { &row->qid, &row->client, &row->helo, &row->sender, &row->rcpt,
+		&row->action, &row->code, &row->reason, &row->profile, &row->relay };
+
+	memset(row, 0, sizeof(*row));
+	row->ts = store_q_int(sq, 0);
+	for (int j = 0; j < 10; j++)
+		*f[j] = store_q_text(sq, j + 1);
+	row->size = store_q_int(sq, 11);
+	row->delay_ms = store_q_int(sq, 12);
+	row->session = store_q_text(sq, 13);
+}
+
 int store_log_search(store *st, const struct store_log_query *q,
     int (*cb)(void *ctx, const struct store_log_row *row), void *ctx)
 {
@@ -110,8 +129,7 @@ int store_log_search(store *st, const struct store_log_query *q,
 	/* rows this process buffered are part of the answer */
 	store_log_flush(st);
 	/* only fixed fragments go into the SQL text; every value is bound */
-	if (util_fmt(sql, sizeof(sql), "SELECT ts, qid, client, helo, sender, rcpt, action, code, "
-	    "reason, profile, relay, size, delay_ms FROM maillog WHERE 1%s%s%s%s%s "
+	if (util_fmt(sql, sizeof(sql), "SELECT " STORE_LOG_COLS " FROM maillog WHERE 1%s%s%s%s%s "
 	    "ORDER BY ts DESC, id DESC LIMIT ?",
 	    q->from ? " AND sender LIKE ? ESCAPE '\\'" : "",
 	    q->to ? " AND rcpt LIKE ? ESCAPE '\\'" : "",
@@ -140,14 +158,7 @@ int store_log_search(store *st, const struct store_log_query *q,
 	if (rc < 0)
 		goto out;
 	while ((rc = store_q_step(&sq)) == STORE_ROW) {
-		const char **f[10] = { &row.qid, &row.client, &row.helo, &row.sender, &row.rcpt,
-			&row.action, &row.code, &row.reason, &row.profile, &row.relay };
-		memset(&row, 0, sizeof(row));
-		row.ts = store_q_int(&sq, 0);
-		for (int j = 0; j < 10; j++)
-			*f[j] = store_q_text(&sq, j + 1);
-		row.size = store_q_int(&sq, 11);
-		row.delay_ms = store_q_int(&sq, 12);
+		store_log_read(&sq, &row);
 		if (cb(ctx, &row) != 0) {
 			rc = STORE_DONE;
 			break;
@@ -159,4 +170,48 @@ out:
 	free(from);
 	free(to);
 	return rc;
+}
+
+/* The rows of qid, and of each SMTP session that wrote one of them the rows
+ * without a queue id (connect, checks, RCPTs) from the session's previous
+ * message (its last row with another queue id) to this one's last row; the
+ * connect row always. Oldest first: by the second a row was added, then the
+ * session's rows before the queue manager's (they are flushed by different
+ * processes, so the ids of one second need not be in event order), then id.
+ * Four values, each bound: qid, qid, qid and the limit. */
+static const char store_log_trace_sql[] =
+	"WITH m AS (SELECT session, min(id) AS first, max(id) AS last FROM maillog"
+	"  WHERE qid = ? AND session IS NOT NULL GROUP BY session),"
+	" w AS (SELECT m.session, m.last, coalesce((SELECT max(p.id) FROM maillog p"
+	"  WHERE p.session = m.session AND p.id < m.first AND p.qid IS NOT NULL"
+	"  AND p.qid <> ?), 0) AS after FROM m)"
+	" SELECT " STORE_LOG_COLS " FROM (SELECT *, id AS n FROM maillog WHERE qid = ?"
+	"  UNION ALL"
+	"  SELECT l.*, l.id AS n FROM maillog l JOIN w ON l.session = w.session"
+	"  WHERE l.qid IS NULL AND l.id < w.last AND (l.id > w.after OR l.action = 'connect'))"
+	" ORDER BY ts, session IS NULL, n LIMIT ?";
+
+int store_log_trace(store *st, const char *qid, int limit,
+    int (*cb)(void *ctx, const struct store_log_row *row), void *ctx)
+{
+	struct store_q sq;
+	struct store_log_row row;
+	int rc, n = 0;
+
+	if (limit <= 0 || limit > STORE_LOG_LIMIT_MAX)
+		limit = STORE_LOG_LIMIT_MAX;
+	store_log_flush(st);
+	if (store_q_start_sql(st, &sq, store_log_trace_sql, NULL, "tttI", qid, qid, qid,
+	    (int64_t)limit) < 0)
+		return -1;
+	while ((rc = store_q_step(&sq)) == STORE_ROW) {
+		store_log_read(&sq, &row);
+		n++;
+		if (cb(ctx, &row) != 0) {
+			rc = STORE_DONE;
+			break;
+		}
+	}
+	store_q_end(&sq);
+	return rc == STORE_DONE ? n : -1;
 }

@@ -141,7 +141,8 @@ static const char *const store_mig4[] = {
  *   rate(key PK, window_start, messages, rcpts)   the rate check's counters
  *   dkim_keys(domain, selector, algorithm, private_key PEM, txt, created)
  *   domains.filter        the domain's filter policy
- *   maillog.session       the SMTP session a row belongs to (kalectl trace) */
+ *   maillog.session       the SMTP session a row belongs to (kalectl trace),
+ *                         indexed, and maillog(qid) indexed too */
 static const char *const store_mig5[] = {
 	"CREATE TABLE filter_policies ("
 	" name TEXT PRIMARY KEY COLLATE NOCASE,"
@@ -211,6 +212,7 @@ static const char *const store_mig5[] = {
 	"ALTER TABLE domains ADD COLUMN filter TEXT NOT NULL DEFAULT 'default' COLLATE NOCASE",
 	"ALTER TABLE maillog ADD COLUMN session TEXT",
 	"CREATE INDEX maillog_session ON maillog(session)",
+	"CREATE INDEX maillog_qid ON maillog(qid)",
 	NULL
 };
 
@@ -257,8 +259,8 @@ const char *const store_sql_sqlite[ST__COUNT] = {
 	[ST_DATA_VERSION] = "PRAGMA data_version",
 
 	[ST_LOG_INSERT] = "INSERT INTO maillog(ts, qid, client, helo, sender, rcpt, action, "
-	    "code, reason, profile, relay, size, delay_ms) "
-	    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+	    "code, reason, profile, relay, size, delay_ms, session) "
+	    "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
 
 	[ST_AUTH_GET] = "SELECT value FROM auth_settings WHERE key = ?",
 	[ST_AUTH_SET] = "INSERT INTO auth_settings(key, value) VALUES (?, ?) "

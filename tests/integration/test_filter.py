@@ -225,6 +225,9 @@ def test_greylist_then_retry(node):
     assert node.wait_messages("alice@example.test", 1)
     # another sender is a new triplet
     smtp_expect(rcpt(node, sender="new@remote.test"), 451)
+    # a client network that passed --auto-allow times passes without triplets
+    node.ctl("filter", "set", "greylist", "--auto-allow", "1")
+    until(node, lambda r: r.code == 250, sender="other@remote.test")
     node.ctl("greylist", "flush")
     assert json.loads(node.ctl("greylist", "list", "--json").stdout) == []
 
@@ -323,3 +326,40 @@ def test_policy_test_writes_no_greylist_state(node):
     assert json.loads(node.ctl("greylist", "list", "--json").stdout) == []
     assert node.ctl("policy", "test", "--ip", "198.51.100.1", "--from", "a@x.test", "--to",
                     "alice@example.test").stdout.count("greylist") >= 1
+
+
+def test_rate_messages_and_recipients(node):
+    node.ctl("filter", "set", "rate", "--messages", "3", "--per", "1h")
+    settle()
+    # the dry run counts nothing
+    for _ in range(4):
+        p = node.ctl("policy", "test", "--ip", "127.0.0.1", "--from", "s@remote.test", "--to",
+                     "alice@example.test", "--json")
+        assert json.loads(p.stdout)["verdict"] == "accept", p.stdout
+    codes = [rcpt(node).code for _ in range(4)]
+    assert codes == [250, 250, 250, 451], codes
+    r = rcpt(node)
+    smtp_expect(r, 451, "4.7.1")
+    assert "rate" in r.text and "limit 3" in r.text, r
+    assert rows_with(node, "rejected")
+    # a trusted client (outbound mail) is counted too, and refused the same
+    node.ctl("network", "add", "127.0.0.0/8")
+    changed(lambda: "rate" in rcpt(node).text)
+    # recipients per window: the 3rd recipient of a transaction is refused
+    node.ctl("network", "del", "127.0.0.0/8")
+    node.ctl("filter", "set", "rate", "--messages", "0", "--recipients", "2", "--per", "10m")
+    node.ctl("user", "add", "carol@example.test", "--password-stdin", input="c-secret\n")
+    node.ctl("user", "add", "dave@example.test", "--password-stdin", input="d-secret\n")
+    settle()
+
+    def rcpts():
+        with SmtpRaw(node.port) as c:
+            smtp_expect(c.cmd("EHLO good.client.test"), 250)
+            smtp_expect(c.cmd("MAIL FROM:<sender@remote.test>"), 250)
+            got = [c.cmd("RCPT TO:<%s@example.test>" % u).code for u in ("alice", "carol", "dave")]
+            c.cmd("QUIT")
+            return got
+    # the counters of the old window (messages) go on; recipients are over
+    # their limit of 2 once more than 2 were counted in the window
+    got = rcpts()
+    assert got[-1] == 451, got

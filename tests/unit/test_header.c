@@ -182,6 +182,39 @@ static void test_bounds(void **state)
 	free(h);
 }
 
+/* The in-memory field iterator: folds, CRLF, obsolete "NAME WSP:", the end
+ * at the empty line, at a non-field line and at the end of the bytes. */
+static void test_field_next(void **state)
+{
+	const char *m = "From: a@b\r\nSubject: x\n\ty\nX-A :v\n\nbody: no\n";
+	size_t pos = 0, len = strlen(m);
+	struct header_field f;
+
+	(void)state;
+	assert_int_equal(header_field_next(m, len, &pos, &f), 1);
+	assert_true(header_field_is(m, &f, "from"));
+	assert_int_equal(f.len, 11);
+	assert_int_equal(header_field_next(m, len, &pos, &f), 1);
+	assert_true(header_field_is(m, &f, "SUBJECT"));
+	assert_int_equal(f.len, strlen("Subject: x\n\ty\n"));
+	assert_int_equal(header_field_next(m, len, &pos, &f), 1);
+	assert_true(header_field_is(m, &f, "X-A"));
+	assert_false(header_field_is(m, &f, "X-AB"));
+	assert_int_equal(header_field_next(m, len, &pos, &f), 0);
+	assert_int_equal(m[pos], '\n');
+	/* a line without ':' ends the section; so does the end of the bytes */
+	pos = 0;
+	assert_int_equal(header_field_next("To: x\nnot a field\n", 19, &pos, &f), 1);
+	assert_int_equal(header_field_next("To: x\nnot a field\n", 19, &pos, &f), 0);
+	assert_int_equal(pos, 6);
+	pos = 0;
+	assert_int_equal(header_field_next("To: x", 5, &pos, &f), 1);
+	assert_int_equal(f.len, 5);
+	assert_int_equal(header_field_next("To: x", 5, &pos, &f), 0);
+	pos = 0;
+	assert_int_equal(header_field_next("To", 2, &pos, &f), 0);
+}
+
 int main(void)
 {
 	const struct CMUnitTest tests[] = {
@@ -190,6 +223,7 @@ int main(void)
 		cmocka_unit_test(test_no_body),
 		cmocka_unit_test(test_nonheader_line_ends_headers),
 		cmocka_unit_test(test_bounds),
+		cmocka_unit_test(test_field_next),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);
 }

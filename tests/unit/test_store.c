@@ -635,6 +635,84 @@ static void test_log(void **state)
 	}
 }
 
+/* store_log_trace: a message's rows and its session's rows without a queue
+ * id, from the session's previous message on; another session, another
+ * message and a later transaction stay out. */
+struct tracec {
+	int n;
+	char seen[32][48];    /* "action rcpt" */
+};
+
+static int trace_cb(void *ctx, const struct store_log_row *r)
+{
+	struct tracec *c = ctx;
+	if (c->n < 32)
+		snprintf(c->seen[c->n], sizeof(c->seen[0]), "%s %s", r->action ? r->action : "-",
+		    r->rcpt ? r->rcpt : "-");
+	c->n++;
+	return 0;
+}
+
+static void log_row(store *st, int64_t ts, const char *session, const char *qid,
+    const char *action, const char *rcpt)
+{
+	struct store_log_row r = { .ts = ts, .session = session, .qid = qid, .action = action,
+		.rcpt = rcpt };
+	store_log_add(st, &r);
+}
+
+static void test_log_trace(void **state)
+{
+	struct fix *f = *state;
+	const char *q1 = "000000000000100000000001", *q2 = "000000000000200000000001";
+	struct tracec c;
+
+	log_row(f->st, 100, "s1", NULL, "connect", NULL);
+	log_row(f->st, 100, "s2", NULL, "connect", NULL);          /* another session */
+	log_row(f->st, 101, "s1", NULL, "rejected", "nobody@x");
+	log_row(f->st, 101, "s2", NULL, "rcpt", "other@x");
+	log_row(f->st, 101, "s1", NULL, "checked", "a@x");
+	log_row(f->st, 101, "s1", NULL, "rcpt", "a@x");
+	/* the queue manager's row of this second, flushed before the session's */
+	log_row(f->st, 102, NULL, q1, "delivered", "a@x");
+	log_row(f->st, 102, "s1", q1, "accepted", "a@x");
+	log_row(f->st, 103, "s1", NULL, "rcpt", "b@x");             /* the next message */
+	log_row(f->st, 103, "s1", q2, "accepted", "b@x");
+	log_row(f->st, 104, NULL, q2, "deferred", "b@x");
+	log_row(f->st, 105, NULL, q1, "deleted", "a@x");
+	assert_int_equal(store_log_flush(f->st), 0);
+
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_log_trace(f->st, q1, 0, trace_cb, &c), 7);
+	assert_string_equal(c.seen[0], "connect -");
+	assert_string_equal(c.seen[1], "rejected nobody@x");
+	assert_string_equal(c.seen[2], "checked a@x");
+	assert_string_equal(c.seen[3], "rcpt a@x");
+	assert_string_equal(c.seen[4], "accepted a@x");    /* the session's row first */
+	assert_string_equal(c.seen[5], "delivered a@x");
+	assert_string_equal(c.seen[6], "deleted a@x");
+
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_log_trace(f->st, q2, 0, trace_cb, &c), 4);
+	assert_string_equal(c.seen[0], "connect -");
+	assert_string_equal(c.seen[1], "rcpt b@x");
+	assert_string_equal(c.seen[2], "accepted b@x");
+	assert_string_equal(c.seen[3], "deferred b@x");
+
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_log_trace(f->st, q1, 2, trace_cb, &c), 2);
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_log_trace(f->st, "000000000000300000000001", 0, trace_cb, &c), 0);
+	assert_int_equal(store_log_trace(f->st, "x' OR '1'='1", 0, trace_cb, &c), 0);
+	assert_int_equal(c.n, 0);
+
+	/* rows still in the batch are part of the answer */
+	log_row(f->st, 106, NULL, q2, "delivered", "b@x");
+	memset(&c, 0, sizeof(c));
+	assert_int_equal(store_log_trace(f->st, q2, 0, trace_cb, &c), 5);
+	assert_string_equal(c.seen[4], "delivered b@x");
+}
+
 struct imp {
 	int n_err;
 	long lines[16];
@@ -730,6 +808,7 @@ int main(void)
 		cmocka_unit_test_setup_teardown(test_resolve, setup, unit_store_free),
 		cmocka_unit_test_setup_teardown(test_networks, setup, unit_store_free),
 		cmocka_unit_test_setup_teardown(test_log, setup, unit_store_free),
+		cmocka_unit_test_setup_teardown(test_log_trace, setup, unit_store_free),
 		cmocka_unit_test_setup_teardown(test_import, setup, unit_store_free),
 	};
 	return cmocka_run_group_tests(tests, NULL, NULL);

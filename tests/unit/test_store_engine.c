@@ -89,6 +89,7 @@ static void raw_to_v3(sqlite3 *db)
 	raw_exec(db, "DROP TABLE filter_policies; DROP TABLE filter_checks; DROP TABLE filter_lists;"
 	    " DROP TABLE filter_version; DROP TABLE greylist; DROP TABLE greylist_clients;"
 	    " DROP TABLE rate; DROP TABLE dkim_keys; DROP INDEX maillog_session;"
+	    " DROP INDEX maillog_qid;"
 	    " ALTER TABLE domains DROP COLUMN filter; ALTER TABLE maillog DROP COLUMN session;"
 	    " UPDATE schema_version SET version = 3");
 	assert_int_equal(store_schema_version(), 5);
