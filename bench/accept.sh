@@ -12,6 +12,10 @@
 #   KALE_BUILD=build                build dir holding kaled and kalectl
 #   BENCH_TMP=/var/tmp              where the temp dirs go (same disk as the system)
 #   KEEP=1                          keep the temp dirs (logs, queues, Maildirs)
+#   FILTERS=1                       kale as an MX for untrusted clients: the default
+#                                   policy's inbound checks, SPF, DKIM verify and DMARC
+#                                   on, against a loopback DNS server (tests/integration/
+#                                   dnsserver.py); Postfix is unchanged
 
 # The whole script is one brace group, parsed before it runs, so editing the
 # file while a run is in progress cannot derail that run.
@@ -48,6 +52,8 @@ TIMEOUT=${TIMEOUT:-600}
 BUILD="$ROOT/${KALE_BUILD:-build}"
 BENCH_TMP=${BENCH_TMP:-/var/tmp}
 KEEP=${KEEP:-0}
+FILTERS=${FILTERS:-0}
+DNS_PID=""
 SMTP_SOURCE=/usr/sbin/smtp-source
 BENCH_UID=$(id -u nobody)
 BENCH_GID=$(id -g nobody)
@@ -132,6 +138,11 @@ stop_kale() {
     fi
     wait "$KALE_PID" 2>/dev/null || true
     KALE_PID=""
+    if [ -n "$DNS_PID" ]; then
+        kill -TERM "$DNS_PID" 2>/dev/null || true
+        wait "$DNS_PID" 2>/dev/null || true
+        DNS_PID=""
+    fi
 }
 
 # shellcheck disable=SC2317 # invoked by the EXIT trap
@@ -424,14 +435,35 @@ admin =
 max_connections_per_ip = $KALE_PER_IP
 command_timeout = 60
 EOF
+    if [ "$FILTERS" = 1 ]; then
+        # SPF and DMARC records of smtp-source's sender domain, served on
+        # loopback; the client is not trusted, so every inbound check runs
+        python3 -c '
+import sys, time
+sys.path.insert(0, sys.argv[1])
+from dnsserver import DnsServer
+d = DnsServer({"client.test": {"TXT": ["v=spf1 ip4:127.0.0.0/8 -all"], "A": ["127.0.0.1"]},
+               "_dmarc.client.test": {"TXT": ["v=DMARC1; p=reject"]}})
+d.start()
+open(sys.argv[2], "w").write(str(d.port))
+while True:
+    time.sleep(60)
+' "$ROOT/tests/integration" "$KALE_DIR/dns.port" &
+        DNS_PID=$!
+        for _ in $(seq 1 50); do [ -s "$KALE_DIR/dns.port" ] && break; sleep 0.1; done
+        [ -s "$KALE_DIR/dns.port" ] || die "the DNS server did not start"
+        printf '\n[dns]\nservers = 127.0.0.1:%s\n' "$(cat "$KALE_DIR/dns.port")" >>"$conf"
+    fi
     "$BUILD/kalectl" -c "$conf" domain add bench.test --local >/dev/null ||
         die "kalectl domain add failed"
     "$BUILD/kalectl" -c "$conf" user add user@bench.test >/dev/null </dev/null ||
         die "kalectl user add failed"
     # the same trust as Postfix's mynetworks = 127.0.0.0/8: the client skips
-    # the inbound filter checks there, and here
-    "$BUILD/kalectl" -c "$conf" network add 127.0.0.0/8 >/dev/null ||
-        die "kalectl network add failed"
+    # the inbound filter checks there, and here (not with FILTERS=1)
+    if [ "$FILTERS" != 1 ]; then
+        "$BUILD/kalectl" -c "$conf" network add 127.0.0.0/8 >/dev/null ||
+            die "kalectl network add failed"
+    fi
     log "kale: starting kaled in $KALE_DIR on 127.0.0.1:$port"
     "$BUILD/kaled" -c "$conf" >"$KALE_DIR/kaled.log" 2>&1 &
     KALE_PID=$!
@@ -458,13 +490,13 @@ KALE_ACCEPT="" KALE_E2E="" KALE_DELIVERED=""
 
 loadavg() { cut -d' ' -f1-3 /proc/loadavg; }
 LOAD_START=$(loadavg)
-log "N=$N SIZE=$SIZE SESSIONS=$SESSIONS TIMEOUT=${TIMEOUT}s nproc=$(nproc) tmp=$BENCH_TMP load=$LOAD_START"
+log "N=$N SIZE=$SIZE SESSIONS=$SESSIONS FILTERS=$FILTERS TIMEOUT=${TIMEOUT}s nproc=$(nproc) tmp=$BENCH_TMP load=$LOAD_START"
 if [ "$WHICH" != kale ]; then bench_postfix; fi
 if [ "$WHICH" != postfix ]; then bench_kale; fi
 
 echo
-printf 'accept.sh: %d messages x %d bytes, 1 recipient, %d sessions, new connection per message\n' \
-    "$N" "$SIZE" "$SESSIONS"
+printf 'accept.sh: %d messages x %d bytes, 1 recipient, %d sessions, new connection per message%s\n' \
+    "$N" "$SIZE" "$SESSIONS" "$([ "$FILTERS" = 1 ] && echo ', kale with filters (SPF, DKIM, DMARC)')"
 printf 'machine: nproc %s, load average %s at start, %s at end (other work skews the figures)\n' \
     "$(nproc)" "$LOAD_START" "$(loadavg)"
 row() { # name accept_s e2e_s delivered server_cpu_s source_cpu_s idle%

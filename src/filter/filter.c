@@ -197,6 +197,7 @@ void filter_mail(struct filter_sess *fs, const char *sender)
 	fs->have_mail = 1;
 	fs->spf[0] = fs->spf_from[0] = fs->dmarc[0] = '\0';
 	fs->n_dpol = 0;
+	fs->rcpt_tag = 0;
 	for (int i = 0; i < FILTER_N; i++)
 		if (filter_checks[i]->mail_reset != NULL)
 			filter_checks[i]->mail_reset(fs, &fs->data[i]);
@@ -263,13 +264,15 @@ static void filter_finish(struct filter_sess *fs, enum filter_verdict v, const c
 	void *arg = fs->cb_arg;
 
 	fs->cb = NULL;
-	if (fs->pol != NULL && v != FILTER_REJECT && v != FILTER_TEMPFAIL) {
+	if (fs->pol != NULL && !fs->at_connect && v != FILTER_REJECT && v != FILTER_TEMPFAIL) {
 		/* the end of DATA asks every policy a recipient was accepted under */
 		int seen = 0;
 		for (int i = 0; i < fs->n_dpol && !seen; i++)
 			seen = strcasecmp(fs->dpol[i], fs->pol->name) == 0;
 		if (!seen && fs->n_dpol < 8)
 			(void)util_fmt(fs->dpol[fs->n_dpol++], sizeof(fs->dpol[0]), "%s", fs->pol->name);
+		if ((v == FILTER_TAG || v == FILTER_QUARANTINE) && !fs->outbound)
+			fs->rcpt_tag = 1;
 	}
 	filter_pol_unref(&fs->pol);
 	if (cb != NULL)
@@ -354,6 +357,17 @@ void filter_skip(struct filter_sess *fs, unsigned mask)
 	fs->skip |= mask;
 }
 
+/* 1 if check c, set as cc, decides the connection: one set to (dnsbl --at
+ * connect), or one that always does when the connection is decided (lists:
+ * its client entries). */
+static int filter_decides_at_connect(const struct filter_check *c,
+    const struct filter_check_conf *cc)
+{
+	const char *at = json_string_value(json_object_get(cc->opts, "at"));
+
+	return c->connect == 2 || (c->connect && at != NULL && strcmp(at, "connect") == 0);
+}
+
 static void filter_run_next(struct filter_sess *fs)
 {
 	const struct filter_policy_conf *p = fs->pol->conf;
@@ -364,7 +378,8 @@ static void filter_run_next(struct filter_sess *fs)
 		const struct filter_check *c = filter_checks[fs->next];
 		const struct filter_check_conf *cc = filter_conf_check(p, c->name);
 
-		if (cc == NULL || cc->action == FILTER_ACT_OFF || (fs->outbound && !c->outbound)) {
+		if (cc == NULL || cc->action == FILTER_ACT_OFF || (fs->outbound && !c->outbound) ||
+		    (fs->at_connect && !filter_decides_at_connect(c, cc))) {
 			fs->next++;
 			continue;
 		}
@@ -404,8 +419,8 @@ static void filter_run_next(struct filter_sess *fs)
 	}
 }
 
-void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
-    filter_done_cb *cb, void *arg)
+static void filter_start(struct filter_sess *fs, const char *rcpt, const char *policy,
+    filter_done_cb *cb, void *arg, int at_connect)
 {
 	char *err = NULL;
 
@@ -415,6 +430,7 @@ void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
 	fs->cb_arg = arg;
 	(void)util_fmt(fs->rcpt, sizeof(fs->rcpt), "%s", rcpt);
 	fs->next = 0;
+	fs->at_connect = at_connect;
 	fs->skip = 0;
 	fs->score = 0;
 	fs->tag = fs->quarantine = 0;
@@ -429,4 +445,36 @@ void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
 		return;
 	}
 	filter_run_next(fs);
+}
+
+int filter_connect_wanted(struct filter_sess *fs)
+{
+	char *err = NULL;
+	struct filter_pol *p;
+	int want = 0;
+
+	if (fs->outbound)
+		return 0;
+	if ((p = filter_policy(fs->env->st, "default", &err)) == NULL) {
+		free(err);
+		return 0;      /* RCPT will say 451 */
+	}
+	for (int i = 0; i < FILTER_N && !want; i++) {
+		const struct filter_check_conf *cc = filter_conf_check(p->conf, filter_checks[i]->name);
+		want = cc != NULL && cc->action != FILTER_ACT_OFF && filter_checks[i]->connect == 1 &&
+		    filter_decides_at_connect(filter_checks[i], cc);
+	}
+	filter_pol_unref(&p);
+	return want;
+}
+
+void filter_rcpt(struct filter_sess *fs, const char *rcpt, const char *policy,
+    filter_done_cb *cb, void *arg)
+{
+	filter_start(fs, rcpt, policy, cb, arg, 0);
+}
+
+void filter_connect(struct filter_sess *fs, filter_done_cb *cb, void *arg)
+{
+	filter_start(fs, "", "default", cb, arg, 1);
 }

@@ -62,6 +62,13 @@ void filter_sess_id(struct filter_sess *fs, const char *sid);
 /* Cancels a pending verdict (its callback is not called) and frees. */
 void filter_sess_free(struct filter_sess **fs);
 void filter_helo(struct filter_sess *fs, const char *helo);
+/* 1 if the connection itself is to be decided before the greeting: an
+ * inbound session and the default policy has a check set to decide at
+ * connect (dnsbl --at connect). */
+int filter_connect_wanted(struct filter_sess *fs);
+/* That verdict, under the default policy, with only those checks (cb as
+ * for filter_rcpt; maybe before filter_connect returns). */
+void filter_connect(struct filter_sess *fs, filter_done_cb *cb, void *arg);
 /* The client authenticated as user: the session is outbound from now on. */
 void filter_auth(struct filter_sess *fs, const char *user);
 /* A new transaction from sender ("" for <>); resets per-transaction data. */

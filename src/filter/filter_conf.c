@@ -34,6 +34,7 @@ struct filter_reg {
 static const struct filter_opt filter_opt_dnsbl[] = {
 	{ "zones", OPT_ZONES, 0, 0, NULL },
 	{ "threshold", OPT_NUMBER, 0, 1000, NULL },
+	{ "at", OPT_WORD, 0, 0, "rcpt|connect" },
 	{ NULL, 0, 0, 0, NULL }
 };
 static const struct filter_opt filter_opt_greylist[] = {
@@ -69,8 +70,8 @@ static const struct filter_opt filter_opt_none[] = { { NULL, 0, 0, 0, NULL } };
 /* The order is the order the checks run in (filter.c keeps the same). */
 static const struct filter_reg filter_regs[] = {
 	{ "lists", FILTER_ACT_REJECT, "{}", filter_opt_none, "" },
-	{ "dnsbl", FILTER_ACT_REJECT, "{\"zones\": [], \"threshold\": 1}", filter_opt_dnsbl,
-	  "--zones ZONE[=WEIGHT],... --threshold N" },
+	{ "dnsbl", FILTER_ACT_REJECT, "{\"zones\": [], \"threshold\": 1, \"at\": \"rcpt\"}",
+	  filter_opt_dnsbl, "--zones ZONE[=WEIGHT],... --threshold N --at rcpt|connect" },
 	{ "rdns", FILTER_ACT_OFF, "{}", filter_opt_none, "" },
 	{ "fcrdns", FILTER_ACT_OFF, "{}", filter_opt_none, "" },
 	{ "helo", FILTER_ACT_OFF, "{}", filter_opt_none, "" },

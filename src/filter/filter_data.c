@@ -40,6 +40,13 @@ struct fdata_job {
 	struct sockaddr_storage sa;
 	char ip[INET6_ADDRSTRLEN], helo[256], sender[320];
 	char spf[16];             /* the RCPT phase's result, "" if spf did not run */
+	/* the policies that decide (references taken and dropped on the loop
+	 * thread; read-only on the pool thread) */
+	struct filter_pol *pols[8];
+	int n_pols;
+	int pol_error;            /* one could not be read: 451 */
+	int rcpt_tag;             /* a recipient was tagged or quarantined at RCPT */
+	int tagged;               /* X-Spam-Flag added, Subject prefixed */
 	/* results */
 	struct kdkim_result dk[KDKIM_MAX_SIGS];
 	int n_dk;
@@ -47,6 +54,18 @@ struct fdata_job {
 	char error[160];          /* could not read, sign or rewrite */
 	int skipped;              /* too big to look at */
 };
+
+struct fdata_verdict {
+	enum filter_verdict v;
+	char reply[400];
+	char check[16];
+	char reason[300];
+};
+
+static void fdata_verdict_of(struct filter_sess *fs, const struct fdata_job *j,
+    struct fdata_verdict *best);
+
+#define FDATA_TAG "[SPAM] "   /* the Subject prefix of a tagged message */
 
 /* ---------- on the pool thread ---------- */
 
@@ -130,11 +149,12 @@ static enum dns_status fdata_txt(void *arg, const char *name, struct dns_txt_set
 	return dns_sync_txt(arg, name, txt, &err);
 }
 
-/* Writes top, then buf without the fields drop says to leave out, at 0. */
+/* Writes top, then buf without the forged Authentication-Results fields
+ * (inbound) and with the Subject prefixed (tagged), at offset 0. */
 static int fdata_rewrite(struct fdata_job *j, const char *top, const char *buf)
 {
 	struct header_field f;
-	size_t pos = 0, from = 0, tl = strlen(top);
+	size_t pos = 0, from = 0, tl = strlen(top), pl = strlen(FDATA_TAG);
 	uint64_t off = 0;
 	int fields = 0;
 
@@ -142,14 +162,28 @@ static int fdata_rewrite(struct fdata_job *j, const char *top, const char *buf)
 		return -1;
 	off = tl;
 	while (!j->sign && fields++ < 100000 && header_field_next(buf, j->len, &pos, &f)) {
-		if (!header_field_is(buf, &f, "Authentication-Results") ||
-		    !fdata_ar_ours(buf + f.body, f.off + f.len - f.body, j->hostname))
+		size_t cut = f.off + f.len;      /* what of buf is written up to here */
+		const char *ins = NULL;
+		if (header_field_is(buf, &f, "Authentication-Results") &&
+		    fdata_ar_ours(buf + f.body, f.off + f.len - f.body, j->hostname)) {
+			cut = f.off;                  /* a field from outside in our name: left out */
+		} else if (j->tagged && header_field_is(buf, &f, "Subject")) {
+			cut = f.body + (f.body < f.off + f.len && buf[f.body] == ' ');
+			if (f.off + f.len - cut >= pl && strncmp(buf + cut, FDATA_TAG, pl) == 0)
+				continue;         /* tagged already */
+			ins = FDATA_TAG;
+		} else {
 			continue;
-		/* a field from outside in our name: left out */
-		if (f.off > from && fs_pwrite_all(j->fd, buf + from, f.off - from, (off_t)off) < 0)
+		}
+		if (cut > from && fs_pwrite_all(j->fd, buf + from, cut - from, (off_t)off) < 0)
 			return -1;
-		off += f.off - from;
-		from = f.off + f.len;
+		off += cut - from;
+		if (ins != NULL) {
+			if (fs_pwrite_all(j->fd, ins, pl, (off_t)off) < 0)
+				return -1;
+			off += pl;
+		}
+		from = ins != NULL ? cut : f.off + f.len;
 	}
 	if (j->len > from && fs_pwrite_all(j->fd, buf + from, j->len - from, (off_t)off) < 0)
 		return -1;
@@ -157,6 +191,19 @@ static int fdata_rewrite(struct fdata_job *j, const char *top, const char *buf)
 	if (ftruncate(j->fd, (off_t)off) < 0)
 		return -1;
 	j->new_len = off;
+	return 0;
+}
+
+/* 1 if msg's header section has a Subject field. */
+static int fdata_has_subject(const char *buf, size_t len)
+{
+	struct header_field f;
+	size_t pos = 0;
+	int fields = 0;
+
+	while (fields++ < 100000 && header_field_next(buf, len, &pos, &f))
+		if (header_field_is(buf, &f, "Subject"))
+			return 1;
 	return 0;
 }
 
@@ -220,9 +267,21 @@ static void fdata_work(void *arg)
 		in.dkim = j->dk;
 		in.n_dkim = j->n_dk;
 		filter_dmarc_eval(ds, &in, &j->dm);
-		top = xmalloc(FDATA_AR_MAX);
+		if (!j->pol_error) {
+			/* the verdict, to know whether to tag (the loop thread logs it) */
+			struct fdata_verdict best;
+			fdata_verdict_of(NULL, j, &best);
+			j->tagged = j->rcpt_tag || best.v == FILTER_TAG || best.v == FILTER_QUARANTINE;
+		}
+		top = xmalloc(FDATA_AR_MAX + 64);
 		fdata_ar_build(j, spf_id, j->sender[0] ? "smtp.mailfrom" : "smtp.helo", top,
 		    FDATA_AR_MAX);
+		if (j->tagged) {
+			/* until the quarantine exists (issue 14), quarantine tags too */
+			size_t n = strlen(top);
+			(void)util_fmt(top + n, FDATA_AR_MAX + 64 - n, "X-Spam-Flag: YES\n%s",
+			    fdata_has_subject(buf, j->len) ? "" : "Subject: " FDATA_TAG "\n");
+		}
 	}
 	if (fdata_rewrite(j, top, buf) < 0)
 		(void)util_fmt(j->error, sizeof(j->error), "cannot rewrite the message: %s",
@@ -245,13 +304,6 @@ static int fdata_rank(enum filter_verdict v)
 	default: return 0;
 	}
 }
-
-struct fdata_verdict {
-	enum filter_verdict v;
-	char reply[400];
-	char check[16];
-	char reason[300];
-};
 
 static void fdata_take(struct fdata_verdict *best, enum filter_verdict v, const char *reply,
     const char *check, const char *reason)
@@ -294,7 +346,8 @@ static void fdata_act(struct filter_sess *fs, struct fdata_verdict *best,
 	default:
 		break;
 	}
-	filter_log_row(fs, "checked", why);
+	if (fs != NULL)
+		filter_log_row(fs, "checked", why);
 }
 
 /* A check error: 451 unless --on-error pass; a check set to log decides nothing. */
@@ -307,7 +360,8 @@ static void fdata_error(struct filter_sess *fs, struct fdata_verdict *best,
 		(void)util_fmt(reply, sizeof(reply), "451 4.7.1 %s (temporary failure, try again later)", why);
 		fdata_take(best, FILTER_TEMPFAIL, reply, cc->name, why);
 	}
-	filter_log_row(fs, "checked", why);
+	if (fs != NULL)
+		filter_log_row(fs, "checked", why);
 }
 
 /* The outcome of all signatures: pass if one passed, else the worst. */
@@ -332,6 +386,8 @@ static const char *fdata_dkim_summary(const struct fdata_job *j, const char **re
 	return r;
 }
 
+/* The checks of policy p on the results; with fs (the loop thread) also
+ * its steps (if steps) and log rows, without (the pool thread) only *best. */
 static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *j,
     const struct filter_policy_conf *p, int steps, struct fdata_verdict *best)
 {
@@ -344,7 +400,7 @@ static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *
 	if ((cc = filter_conf_check(p, "dkim")) != NULL && cc->action != FILTER_ACT_OFF) {
 		int fail = strcmp(dres, "fail") == 0 || strcmp(dres, "permerror") == 0;
 		(void)util_fmt(why, sizeof(why), "dkim: %s%s%s", dres, dwhy[0] ? ", " : "", dwhy);
-		if (steps)
+		if (steps && fs != NULL)
 			filter_step_push(fs, FILTER_PH_DATA, "dkim", dres, dwhy,
 			    fail ? filter_action_name(cc->action) : strcmp(dres, "temperror") == 0
 			    ? (cc->on_error_pass || cc->action == FILTER_ACT_LOG ? "pass" : "tempfail") : NULL);
@@ -367,7 +423,7 @@ static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *
 			if (an != NULL)
 				(void)filter_action_parse(an, &a);
 		}
-		if (steps)
+		if (steps && fs != NULL)
 			filter_step_push(fs, FILTER_PH_DATA, "dmarc", r, j->dm.reason,
 			    strcmp(r, "fail") == 0 ? filter_action_name(a) : strcmp(r, "temperror") == 0
 			    ? (cc->on_error_pass || a == FILTER_ACT_LOG ? "pass" : "tempfail") : NULL);
@@ -390,7 +446,7 @@ static void fdata_decide(struct filter_sess *fs, struct fdata_job *j)
 {
 	filter_data_cb *cb = fs->dcb;
 	void *arg = fs->dcb_arg;
-	struct fdata_verdict best = { FILTER_ACCEPT, "", "", "" };
+	struct fdata_verdict best;
 
 	fs->dcb = NULL;
 	if (j->error[0] != '\0') {
@@ -416,20 +472,26 @@ static void fdata_decide(struct filter_sess *fs, struct fdata_job *j)
 		return;
 	}
 	(void)util_fmt(fs->dmarc, sizeof(fs->dmarc), "%s", j->dm.result);
-	for (int i = 0; i < fs->n_dpol; i++) {
-		char *err = NULL;
-		struct filter_pol *p = filter_policy_get(fs->env->st, fs->dpol[i], &err);
-		if (p == NULL) {
-			free(err);
-			fdata_take(&best, FILTER_TEMPFAIL, "451 4.3.0 Filter policy unavailable", "policy",
-			    "policy unavailable");
-			continue;
-		}
-		fdata_decide_policy(fs, j, filter_pol_conf(p), i == 0, &best);
-		filter_pol_release(&p);
-	}
+	fdata_verdict_of(fs, j, &best);
+	if (j->tagged)
+		filter_step_push(fs, FILTER_PH_DATA, "tag", "tagged",
+		    "X-Spam-Flag: YES, Subject prefixed " FDATA_TAG, NULL);
 	cb(arg, best.v, best.reply[0] ? best.reply : NULL, best.check[0] ? best.check : NULL,
 	    best.reason[0] ? best.reason : NULL, j->new_len);
+}
+
+/* The strictest verdict of the deciding policies (pure over j but for what
+ * fs is given: steps and log rows). */
+static void fdata_verdict_of(struct filter_sess *fs, const struct fdata_job *j,
+    struct fdata_verdict *best)
+{
+	memset(best, 0, sizeof(*best));
+	best->v = FILTER_ACCEPT;
+	if (j->pol_error)
+		fdata_take(best, FILTER_TEMPFAIL, "451 4.3.0 Filter policy unavailable", "policy",
+		    "policy unavailable");
+	for (int i = 0; i < j->n_pols; i++)
+		fdata_decide_policy(fs, j, filter_pol_conf(j->pols[i]), i == 0, best);
 }
 
 static void fdata_done(void *arg, int cancelled)
@@ -441,13 +503,15 @@ static void fdata_done(void *arg, int cancelled)
 	OPENSSL_cleanse(&j->key, sizeof(j->key));
 	if (!cancelled && !fs->dead && fs->dcb != NULL)
 		fdata_decide(fs, j);
+	for (int i = 0; i < j->n_pols; i++)
+		filter_pol_release(&j->pols[i]);
 	free(j);
 	filter_unref(fs);
 }
 
 int filter_data_wanted(struct filter_sess *fs)
 {
-	int want = 0;
+	int want = fs->rcpt_tag;
 
 	for (int i = 0; i < fs->n_dpol && !want; i++) {
 		char *err = NULL;
@@ -486,6 +550,15 @@ void filter_data(struct filter_sess *fs, int fd, uint64_t len, const struct stor
 	(void)util_fmt(j->helo, sizeof(j->helo), "%s", fs->helo);
 	(void)util_fmt(j->sender, sizeof(j->sender), "%s", fs->sender);
 	(void)util_fmt(j->spf, sizeof(j->spf), "%s", fs->spf);
+	j->rcpt_tag = fs->rcpt_tag;
+	for (int i = 0; !j->sign && i < fs->n_dpol && j->n_pols < 8; i++) {
+		char *err = NULL;
+		if ((j->pols[j->n_pols] = filter_policy_get(fs->env->st, fs->dpol[i], &err)) != NULL)
+			j->n_pols++;
+		else
+			j->pol_error = 1;
+		free(err);
+	}
 	fs->dcb = cb;
 	fs->dcb_arg = arg;
 	filter_ref(fs);

@@ -221,5 +221,6 @@ static void dnsbl_run(struct filter_sess *fs, const struct filter_check_conf *cc
 }
 
 const struct filter_check filter_check_dnsbl = {
-	.name = "dnsbl", .phase = FILTER_PH_CONNECT, .run = dnsbl_run, .sess_free = free,
+	.name = "dnsbl", .phase = FILTER_PH_CONNECT, .connect = 1, .run = dnsbl_run,
+	.sess_free = free,
 };

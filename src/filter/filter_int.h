@@ -27,6 +27,8 @@ struct filter_check {
 	enum filter_phase phase;  /* where its data comes from (for the steps) */
 	const char *ecode;        /* enhanced code of a rejection: "5.7.1" if NULL */
 	int outbound;             /* runs for outbound sessions too (else inbound only) */
+	int connect;              /* decides at connect: 1 when set so (option at=connect),
+	                           * 2 whenever the connection is decided (lists) */
 	/* Asks about fs->rcpt under settings cc; answers with filter_answer. */
 	void (*run)(struct filter_sess *fs, const struct filter_check_conf *cc);
 	/* Frees fs->data[i] (may be NULL): the session ends. */
@@ -58,6 +60,7 @@ struct filter_sess {
 	filter_done_cb *cb;
 	void *cb_arg;
 	unsigned gen;             /* counts filter_rcpt calls */
+	int at_connect;           /* deciding the connection (filter_connect), not a recipient */
 	int next;                 /* index of the check to run next */
 	int in_run;               /* inside a check's run() */
 	int answered;             /* the check answered inside run() */
@@ -76,6 +79,7 @@ struct filter_sess {
 	/* the end of DATA (filter_data.c) */
 	char dpol[8][64];         /* policies under which recipients were accepted */
 	int n_dpol;
+	int rcpt_tag;             /* a recipient was tagged or quarantined at RCPT */
 	filter_data_cb *dcb;
 	void *dcb_arg;
 };

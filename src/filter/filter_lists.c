@@ -70,5 +70,5 @@ static void lists_run(struct filter_sess *fs, const struct filter_check_conf *cc
 }
 
 const struct filter_check filter_check_lists = {
-	.name = "lists", .phase = FILTER_PH_RCPT, .run = lists_run,
+	.name = "lists", .phase = FILTER_PH_RCPT, .connect = 2, .run = lists_run,
 };

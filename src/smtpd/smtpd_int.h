@@ -105,6 +105,7 @@ struct smtpd_session {
 	enum smtpd_state state;
 	enum kale_listen_kind kind;
 	char sid[24];              /* the session's id in the mail log (kalectl trace) */
+	char refused[320];         /* the 554 the connection got instead of 220, or "" */
 	char ip[INET6_ADDRSTRLEN];
 	char helo[256];
 	int esmtp;

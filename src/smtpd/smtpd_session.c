@@ -325,7 +325,11 @@ static void smtpd_command(struct smtpd_session *s, char *line, size_t len)
 		return;
 	}
 	c = smtpd_command_find(cmd.verb);
-	if (c == NULL) {
+	if (s->refused[0] != '\0' && cmd.verb != SMTP_QUIT) {
+		/* refused at connect: only QUIT (RFC 5321 3.1) */
+		smtpd_reply(s, "503 5.5.1 Bad sequence of commands: the connection was refused");
+		s->errors++;
+	} else if (c == NULL) {
 		smtpd_reply(s, "500 5.5.1 Command unrecognized");
 		s->errors++;
 	} else if ((refuse = smtpd_command_refusal(c, s->state, smtpd_session_has(s))) != NULL) {
@@ -610,7 +614,10 @@ static void smtpd_greet(struct smtpd_session *s)
 	if (s->deadline_ev == NULL)
 		s->deadline_ev = evtimer_new(s->w->base, smtpd_deadline_cb, s);
 	smtpd_deadline_arm(s);
-	smtpd_reply(s, "220 %s ESMTP kale", s->w->cfg->hostname);
+	if (s->refused[0] != '\0')
+		smtpd_reply(s, "%s", s->refused);     /* RFC 5321 3.1: 554 instead of 220 */
+	else
+		smtpd_reply(s, "220 %s ESMTP kale", s->w->cfg->hostname);
 	bufferevent_set_timeouts(s->bev, &tv, &tv);
 	bufferevent_enable(s->bev, EV_READ | EV_WRITE);
 }
@@ -650,6 +657,35 @@ static void smtpd_session_id(char sid[24])
 	sid[o] = '\0';
 }
 
+static void smtpd_session_open(struct smtpd_session *s);
+
+/* The verdict on the connection itself (maybe inside filter_connect). */
+static void smtpd_connect_cb(void *arg, enum filter_verdict v, const char *reply,
+    const char *check, const char *reason)
+{
+	struct smtpd_session *s = arg;
+
+	(void)check;
+	if (v == FILTER_REJECT || v == FILTER_TEMPFAIL) {
+		char code[16] = "";
+		size_t k = strcspn(reply + 4, " ");
+		if (k < 8)
+			(void)util_fmt(code, sizeof(code), "%.*s", (int)(4 + k), reply);
+		smtpd_log_row(s, "rejected", NULL, code, reason);
+		log_event(LOG_LVL_INFO, "smtp.reject", "client", s->ip, "reply", reply, NULL);
+	}
+	if (v == FILTER_TEMPFAIL) {
+		/* no verdict now: 421 and close (RFC 5321 3.8) */
+		smtpd_reply(s, "421 4.7.1 %s", strlen(reply) > 10 ? reply + 10 : "try again later");
+		s->state = SMTPD_CLOSING;
+		bufferevent_enable(s->bev, EV_WRITE);
+		return;
+	}
+	if (v == FILTER_REJECT)
+		(void)util_fmt(s->refused, sizeof(s->refused), "%s", reply);
+	smtpd_session_open(s);
+}
+
 /* A new session on its bufferevent (from smtpd_on_accept, right after
  * filter_sess_new): its id and "connect" row, then the greeting, at once or
  * after greeting_delay. */
@@ -672,6 +708,21 @@ void smtpd_session_start(struct smtpd_session *s)
 	if (w->st)
 		store_log_add(w->st, &row);
 	bufferevent_setwatermark(s->bev, EV_READ, 0, 1024 * 1024);
+	if (s->fs != NULL && !s->trusted && s->kind != LISTEN_LOCAL && filter_connect_wanted(s->fs)) {
+		/* the connection is decided first (dnsbl --at connect); nothing is
+		 * read until then */
+		s->state = SMTPD_GREETING;
+		filter_connect(s->fs, smtpd_connect_cb, s);
+		return;
+	}
+	smtpd_session_open(s);
+}
+
+/* The greeting, at once or after greeting_delay. */
+static void smtpd_session_open(struct smtpd_session *s)
+{
+	struct smtpd_worker *w = s->w;
+
 	if (w->cfg->greeting_delay > 0) {
 		struct timeval tv = { w->cfg->greeting_delay, 0 };
 		s->state = SMTPD_GREETING;

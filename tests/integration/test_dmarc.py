@@ -10,6 +10,7 @@ import base64
 import json
 import smtplib
 import ssl
+import struct
 import time
 
 import dkim
@@ -304,3 +305,99 @@ def test_policy_test_message_matches_the_session(node, keys, tmp_path):
     p = node.ctl("policy", "test", "--ip", "127.0.0.1", "--from", "a@remote.test", "--to",
                  "alice@example.test", "--message", str(tmp_path / "missing.eml"), check=False)
     assert p.returncode != 0 and "missing.eml" in p.stderr, p
+
+
+# ---- hostile DNS at the end of DATA ----
+
+def garbage(q, tcp):
+    """An answer that is no DNS message (its id kept)."""
+    body = q[:2] + b"\x84\x00\x00\x01\x00\x05" + b"\xff" * 300
+    return struct.pack("!H", len(body)) + body if tcp else body
+
+
+def truncated(q, tcp):
+    """TC over UDP, and a TCP server that hangs up."""
+    if tcp:
+        return b""
+    return q[:2] + b"\x86\x00" + q[4:6] + b"\x00\x00\x00\x00\x00\x00" + q[12:]
+
+
+HOSTILE = {
+    # a DMARC record behind a CNAME loop, too many records, garbage, a
+    # truncated answer; DKIM keys that are malformed, huge or looping
+    "_dmarc.loop.test": {"CNAME": "_dmarc2.loop.test"},
+    "_dmarc2.loop.test": {"CNAME": "_dmarc.loop.test"},
+    "_dmarc.huge.test": {"TXT": ["v=DMARC1; p=reject; x=" + "y" * 230] * 60},
+    "_dmarc.twice.test": {"TXT": ["v=DMARC1; p=reject", "v=DMARC1; p=none"]},
+    "_dmarc.junk.test": {"TXT": ["v=DMARC1; p=bogus; pct=9999"]},
+    "bad._domainkey.hk.test": {"TXT": ["v=DKIM1; k=rsa; p=!!!not*base64"]},
+    "huge._domainkey.hk.test": {"TXT": [["v=DKIM1; k=rsa; p=" + "A" * 250] + ["A" * 250] * 200]},
+    "loop._domainkey.hk.test": {"CNAME": "loop2._domainkey.hk.test"},
+    "loop2._domainkey.hk.test": {"CNAME": "loop._domainkey.hk.test"},
+}
+
+
+@pytest.fixture
+def hostile_node(kale_factory, keys):
+    z = zone_of(keys)
+    z.update(HOSTILE)
+    d = DnsServer(z, raw={"_dmarc.garbage.test": garbage, "_dmarc.cut.test": truncated})
+    d.start()
+    k = kale_factory(extra_conf="[dns]\nservers = 127.0.0.1:%d\n" % d.port)
+    yield k
+    d.close()
+
+
+@pytest.mark.parametrize("frm,selector,expect", [
+    ("alice@loop.test", None, "dmarc=temperror"),
+    ("alice@huge.test", None, "dmarc=temperror"),
+    ("alice@garbage.test", None, "dmarc=temperror"),
+    ("alice@cut.test", None, "dmarc=temperror"),
+    ("alice@twice.test", None, "dmarc=none"),       # several records: none (RFC 7489 6.6.3)
+    ("alice@junk.test", None, "dmarc=permerror"),
+    ("alice@hk.test", b"bad", "dkim=permerror"),
+    ("alice@hk.test", b"huge", ("dkim=temperror", "dkim=permerror")),
+    ("alice@hk.test", b"loop", "dkim=temperror"),
+])
+def test_hostile_dns_bounded(hostile_node, keys, frm, selector, expect):
+    hostile_node.ctl("filter", "set", "dmarc", "--on-error", "pass")
+    time.sleep(1.2)
+    msg = signed(keys, frm, selector=selector) if selector else message(frm)
+    t = time.time()
+    r = send(hostile_node, msg)
+    assert time.time() - t < 45, "the end of DATA took too long"
+    smtp_expect(r, 250)
+    ar = ar_of(delivered(hostile_node))
+    assert any(e in ar for e in ((expect,) if isinstance(expect, str) else expect)), ar
+    # the node goes on serving
+    smtp_expect(send(hostile_node, message("alice@nodmarc.test")), 250)
+
+
+def test_quarantine_and_tag_mark_the_message(node, keys):
+    """tag (and quarantine, until the quarantine exists) add X-Spam-Flag:
+    YES and prefix the Subject, at RCPT (a check's action) and at the end of
+    DATA (p=quarantine); a prefix already there is not doubled."""
+    smtp_expect(send(node, message("alice@quar.test", subject="quarterly")), 250)
+    got = top(delivered(node, 1))
+    head = got.split(b"\n\n", 1)[0]
+    assert b"\nX-Spam-Flag: YES\n" in head, head
+    assert b"\nSubject: [SPAM] quarterly\r\n" in head or b"\nSubject: [SPAM] quarterly\n" in head, head
+    # a check tagging at RCPT (helo scored as tag), a Subject tagged already
+    node.ctl("filter", "set", "helo", "--action", "tag")
+    time.sleep(2.2)
+    with SmtpRaw(node.port) as c:
+        c.ehlo("not-a-dotted-name")
+        smtp_expect(c.cmd("MAIL FROM:<alice@remote.test>"), 250)
+        smtp_expect(c.cmd("RCPT TO:<alice@example.test>"), 250)
+        smtp_expect(c.data(message("alice@nodmarc.test", subject="[SPAM] again")), 250)
+        c.cmd("QUIT")
+    got = top(delivered(node, 2))
+    head = got.split(b"\n\n", 1)[0]
+    assert b"X-Spam-Flag: YES" in head and b"[SPAM] [SPAM]" not in head, head
+    assert b"dmarc=none" in head, head
+    # untagged mail has neither
+    node.ctl("filter", "set", "helo", "--action", "off")
+    time.sleep(2.2)
+    smtp_expect(send(node, message("alice@nodmarc.test", subject="plain")), 250)
+    head = top(delivered(node, 3)).split(b"\n\n", 1)[0]
+    assert b"X-Spam-Flag" not in head and b"[SPAM]" not in head, head

@@ -363,3 +363,42 @@ def test_rate_messages_and_recipients(node):
     # their limit of 2 once more than 2 were counted in the window
     got = rcpts()
     assert got[-1] == 451, got
+
+
+def test_dnsbl_at_connect(node):
+    """--at connect: a listed client gets 554 instead of 220 (RFC 5321 3.1),
+    every command but QUIT a 503; a zone that fails is 421 and close; an
+    allow-listed client address is greeted."""
+    node.ctl("filter", "set", "dnsbl", "--zones", "bl.test", "--at", "connect")
+
+    def greeting():
+        with SmtpRaw(node.port) as c:
+            g = c.banner
+            if g.code == 421:
+                return g, None, None
+            r = c.cmd("EHLO good.client.test")
+            q = c.cmd("QUIT")
+            return g, r, q
+    assert kale_wait(lambda: greeting()[0].code == 554, 5.0, 0.3)
+    settle()
+    g, r, q = greeting()
+    smtp_expect(g, 554, "5.7.1")
+    assert "bl.test" in g.text, g
+    smtp_expect(r, 503)
+    smtp_expect(q, 221)
+    rows = [x for x in log_rows(node) if x["action"] == "rejected" and "dnsbl" in x["reason"]]
+    assert rows and not rows[0].get("rcpt"), rows
+    # the client allow list is asked at connect too
+    node.ctl("list", "add", "allow", "client", "127.0.0.1")
+    assert kale_wait(lambda: greeting()[0].code == 220, 5.0, 0.3)
+    settle()
+    node.ctl("list", "del", "allow", "client", "127.0.0.1")
+    # a zone that cannot answer: 421, and the connection is closed
+    node.ctl("filter", "set", "dnsbl", "--zones", "broken.test")
+    assert kale_wait(lambda: greeting()[0].code == 421, 20.0, 0.5)
+    settle()
+    # back to RCPT: greeted, refused at RCPT
+    node.ctl("filter", "set", "dnsbl", "--zones", "bl.test", "--at", "rcpt")
+    assert kale_wait(lambda: greeting()[0].code == 220, 5.0, 0.3)
+    settle()
+    smtp_expect(rcpt(node), 554, "5.7.1")
