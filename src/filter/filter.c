@@ -25,6 +25,19 @@ static const struct filter_check *const filter_checks[] = {
 };
 #define FILTER_N ((int)(sizeof(filter_checks) / sizeof(filter_checks[0])))
 
+unsigned filter_skip_bit(const char *name)
+{
+	int i = filter_check_index(name);
+
+	if (i >= 0)
+		return 1u << i;
+	if (strcmp(name, "dkim") == 0)
+		return FILTER_SKIP_DKIM;
+	if (strcmp(name, "dmarc") == 0)
+		return FILTER_SKIP_DMARC;
+	return 0;
+}
+
 int filter_check_index(const char *name)
 {
 	for (int i = 0; i < FILTER_N; i++)
@@ -266,11 +279,18 @@ static void filter_finish(struct filter_sess *fs, enum filter_verdict v, const c
 	fs->cb = NULL;
 	if (fs->pol != NULL && !fs->at_connect && v != FILTER_REJECT && v != FILTER_TEMPFAIL) {
 		/* the end of DATA asks every policy a recipient was accepted under */
+		/* what an allow-list hit skipped is skipped for a policy only if
+		 * every recipient under it skipped it */
 		int seen = 0;
 		for (int i = 0; i < fs->n_dpol && !seen; i++)
-			seen = strcasecmp(fs->dpol[i], fs->pol->name) == 0;
-		if (!seen && fs->n_dpol < 8)
+			if (strcasecmp(fs->dpol[i], fs->pol->name) == 0) {
+				fs->dskip[i] &= fs->skip;
+				seen = 1;
+			}
+		if (!seen && fs->n_dpol < 8) {
+			fs->dskip[fs->n_dpol] = fs->skip;
 			(void)util_fmt(fs->dpol[fs->n_dpol++], sizeof(fs->dpol[0]), "%s", fs->pol->name);
+		}
 		if ((v == FILTER_TAG || v == FILTER_QUARANTINE) && !fs->outbound)
 			fs->rcpt_tag = 1;
 	}

@@ -43,6 +43,7 @@ struct fdata_job {
 	/* the policies that decide (references taken and dropped on the loop
 	 * thread; read-only on the pool thread) */
 	struct filter_pol *pols[8];
+	unsigned pskip[8];        /* what allow-list hits skipped under each */
 	int n_pols;
 	int pol_error;            /* one could not be read: 451 */
 	int rcpt_tag;             /* a recipient was tagged or quarantined at RCPT */
@@ -215,8 +216,6 @@ static void fdata_work(void *arg)
 	const char *why;
 	char from[256];
 	struct kdkim_dns kd;
-	/* as SPF's: one lookup gives up after 6 s (KDKIM_DNS_BUDGET_MS for all keys) */
-	struct dns_opts o = { .timeout_ms = 2000, .tries = 2, .deadline_ms = 6000 };
 
 	j->new_len = j->len;
 	if (j->len > KDKIM_MSG_MAX) {
@@ -242,7 +241,9 @@ static void fdata_work(void *arg)
 	} else {
 		struct filter_dmarc_in in = { 0 };
 		const char *spf_id;
-		if ((ds = dns_sync_new(j->servers, &o, &derr)) == NULL) {
+		/* the thread's resolver, as SPF's: a lookup gives up after 6 s
+		 * (KDKIM_DNS_BUDGET_MS for all keys of a message) */
+		if ((ds = filter_thread_dns(j->servers, &derr)) == NULL) {
 			(void)util_fmt(j->error, sizeof(j->error), "DNS: %s", derr ? derr : "no resolver");
 			free(derr);
 			goto out;
@@ -287,7 +288,6 @@ static void fdata_work(void *arg)
 		(void)util_fmt(j->error, sizeof(j->error), "cannot rewrite the message: %s",
 		    strerror(errno));
 out:
-	dns_sync_free(&ds);
 	free(top);
 	free(buf);
 }
@@ -389,7 +389,7 @@ static const char *fdata_dkim_summary(const struct fdata_job *j, const char **re
 /* The checks of policy p on the results; with fs (the loop thread) also
  * its steps (if steps) and log rows, without (the pool thread) only *best. */
 static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *j,
-    const struct filter_policy_conf *p, int steps, struct fdata_verdict *best)
+    const struct filter_policy_conf *p, unsigned skip, int steps, struct fdata_verdict *best)
 {
 	const struct filter_check_conf *cc;
 	const char *dres, *dwhy;
@@ -397,7 +397,12 @@ static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *
 	double score = 0, tag, quar, rej;
 
 	dres = fdata_dkim_summary(j, &dwhy);
-	if ((cc = filter_conf_check(p, "dkim")) != NULL && cc->action != FILTER_ACT_OFF) {
+	for (int k = 0; k < 2 && steps && fs != NULL; k++)
+		if (skip & (k ? FILTER_SKIP_DMARC : FILTER_SKIP_DKIM))
+			filter_step_push(fs, FILTER_PH_DATA, k ? "dmarc" : "dkim", "skipped", "allow list",
+			    NULL);
+	if ((cc = filter_conf_check(p, "dkim")) != NULL && cc->action != FILTER_ACT_OFF &&
+	    !(skip & FILTER_SKIP_DKIM)) {
 		int fail = strcmp(dres, "fail") == 0 || strcmp(dres, "permerror") == 0;
 		(void)util_fmt(why, sizeof(why), "dkim: %s%s%s", dres, dwhy[0] ? ", " : "", dwhy);
 		if (steps && fs != NULL)
@@ -409,7 +414,8 @@ static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *
 		else if (strcmp(dres, "temperror") == 0)
 			fdata_error(fs, best, cc, why);
 	}
-	if ((cc = filter_conf_check(p, "dmarc")) != NULL && cc->action != FILTER_ACT_OFF) {
+	if ((cc = filter_conf_check(p, "dmarc")) != NULL && cc->action != FILTER_ACT_OFF &&
+	    !(skip & FILTER_SKIP_DMARC)) {
 		const char *r = j->dm.result;
 		enum filter_action a = cc->action;
 		(void)util_fmt(why, sizeof(why), "dmarc: %s%s%s", r, j->dm.reason[0] ? ", " : "",
@@ -491,7 +497,7 @@ static void fdata_verdict_of(struct filter_sess *fs, const struct fdata_job *j,
 		fdata_take(best, FILTER_TEMPFAIL, "451 4.3.0 Filter policy unavailable", "policy",
 		    "policy unavailable");
 	for (int i = 0; i < j->n_pols; i++)
-		fdata_decide_policy(fs, j, filter_pol_conf(j->pols[i]), i == 0, best);
+		fdata_decide_policy(fs, j, filter_pol_conf(j->pols[i]), j->pskip[i], i == 0, best);
 }
 
 static void fdata_done(void *arg, int cancelled)
@@ -523,7 +529,8 @@ int filter_data_wanted(struct filter_sess *fs)
 		}
 		a = filter_conf_check(filter_pol_conf(p), "dkim");
 		b = filter_conf_check(filter_pol_conf(p), "dmarc");
-		want = (a && a->action != FILTER_ACT_OFF) || (b && b->action != FILTER_ACT_OFF);
+		want = (a && a->action != FILTER_ACT_OFF && !(fs->dskip[i] & FILTER_SKIP_DKIM)) ||
+		    (b && b->action != FILTER_ACT_OFF && !(fs->dskip[i] & FILTER_SKIP_DMARC));
 		filter_pol_release(&p);
 	}
 	return want;
@@ -553,6 +560,7 @@ void filter_data(struct filter_sess *fs, int fd, uint64_t len, const struct stor
 	j->rcpt_tag = fs->rcpt_tag;
 	for (int i = 0; !j->sign && i < fs->n_dpol && j->n_pols < 8; i++) {
 		char *err = NULL;
+		j->pskip[j->n_pols] = fs->dskip[i];
 		if ((j->pols[j->n_pols] = filter_policy_get(fs->env->st, fs->dpol[i], &err)) != NULL)
 			j->n_pols++;
 		else

@@ -78,6 +78,7 @@ struct filter_sess {
 
 	/* the end of DATA (filter_data.c) */
 	char dpol[8][64];         /* policies under which recipients were accepted */
+	unsigned dskip[8];        /* the skip bits every such recipient of dpol[i] had */
 	int n_dpol;
 	int rcpt_tag;             /* a recipient was tagged or quarantined at RCPT */
 	filter_data_cb *dcb;
@@ -94,6 +95,11 @@ void filter_answer_as(struct filter_sess *fs, enum filter_res res, const char *r
     const char *reason, const enum filter_action *action, const char *ecode);
 /* Index of a check by name (fs->data[i], skip bits), -1 if unknown. */
 int filter_check_index(const char *name);
+/* The skip bit of a check by name: 1 << its index for the pipeline's, these
+ * two for the end of DATA's; 0 if there is no such check. */
+#define FILTER_SKIP_DKIM (1u << 30)
+#define FILTER_SKIP_DMARC (1u << 31)
+unsigned filter_skip_bit(const char *name);
 /* The policy of the recipient being decided. */
 const struct filter_policy_conf *filter_sess_conf(const struct filter_sess *fs);
 /* Makes the current check skip checks by mask (allow-list hit). */
@@ -146,6 +152,10 @@ struct filter_dmarc_res {
 int filter_from_domain(const char *msg, size_t len, char *dom, size_t cap, const char **why_r);
 void filter_dmarc_eval(struct dns_sync *ds, const struct filter_dmarc_in *in,
     struct filter_dmarc_res *r);
+
+/* This pool thread's resolver on servers (kept for the thread's life, shared
+ * with its SPF evaluations; filter_spf.c): NULL with *error_r. */
+struct dns_sync *filter_thread_dns(const char *servers, char **error_r);
 
 /* Pure helpers (filter_util.c), unit-tested. */
 /* The DNSBL query name of an address under zone (RFC 5782: reversed IPv4

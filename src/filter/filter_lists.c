@@ -36,9 +36,7 @@ static unsigned lists_skip_mask(const struct store_filter_list *l)
 		return ~0u;
 	(void)util_fmt(buf, sizeof(buf), "%s", l->skip);
 	for (char *w = strtok_r(buf, ", ", &save); w != NULL; w = strtok_r(NULL, ", ", &save)) {
-		int i = filter_check_index(w);
-		if (i >= 0)
-			mask |= 1u << i;
+		mask |= filter_skip_bit(w);
 	}
 	return mask;
 }

@@ -472,3 +472,10 @@ const struct filter_check filter_check_spf = {
 	.name = "spf", .phase = FILTER_PH_MAIL, .ecode = "5.7.23", .run = spf_run, .sess_free = free,
 	.mail_reset = spf_mail_reset,
 };
+
+struct dns_sync *filter_thread_dns(const char *servers, char **error_r)
+{
+	struct spf_thread *t = spf_thread_get(servers ? servers : "", error_r);
+
+	return t != NULL ? t->ds : NULL;
+}

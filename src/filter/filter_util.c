@@ -214,7 +214,7 @@ int filter_list_check(const char *list, const char *kind, const char *value, con
 		if (util_fmt(buf, sizeof(buf), "%s", skip) < 0)
 			return util_err(error_r, "--skip too long");
 		for (char *w = strtok_r(buf, ",", &save); w != NULL; w = strtok_r(NULL, ",", &save))
-			if (filter_check_index(w) < 0)
+			if (filter_skip_bit(w) == 0)
 				return util_err(error_r, "--skip: unknown check '%.32s'", w);
 	}
 	return 0;

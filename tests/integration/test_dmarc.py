@@ -401,3 +401,25 @@ def test_quarantine_and_tag_mark_the_message(node, keys):
     smtp_expect(send(node, message("alice@nodmarc.test", subject="plain")), 250)
     head = top(delivered(node, 3)).split(b"\n\n", 1)[0]
     assert b"X-Spam-Flag" not in head and b"[SPAM]" not in head, head
+
+
+def test_allow_list_skips_the_end_of_data_checks(node):
+    """An allow hit skips the checks it names at the end of DATA too: by
+    default every check, so a partner's unsigned mail under p=reject is
+    taken; --skip spf alone leaves DMARC to refuse it."""
+    node.ctl("list", "add", "allow", "sender", "alice@remote.test", "--skip", "spf")
+    time.sleep(2.2)
+    smtp_expect(send(node, message("alice@signer.test", subject="s")), 550, "5.7.26")
+    node.ctl("list", "del", "allow", "sender", "alice@remote.test")
+    node.ctl("list", "add", "allow", "sender", "alice@remote.test", "--skip", "dmarc,dkim")
+    time.sleep(2.2)
+    smtp_expect(send(node, message("alice@signer.test", subject="d")), 250)
+    node.ctl("list", "del", "allow", "sender", "alice@remote.test")
+    node.ctl("list", "add", "allow", "sender", "alice@remote.test")
+    time.sleep(2.2)
+    smtp_expect(send(node, message("alice@signer.test", subject="a")), 250)
+    # nothing was checked for the allow-listed mail: no Authentication-Results
+    for m in node.messages("alice@example.test"):
+        assert not top(m).startswith(b"Authentication-Results:"), m[:200]
+    p = node.ctl("list", "add", "allow", "sender", "x@remote.test", "--skip", "nosuch", check=False)
+    assert p.returncode == 2 and "nosuch" in p.stderr, p
