@@ -37,6 +37,18 @@ struct ctl_ptest {
 	uint64_t len;          /* the message after the end of DATA */
 };
 
+/* Runs the loop until the verdict; bounded: every check has a deadline of
+ * its own, and this is the last word. */
+static void ctl_ptest_wait(struct ctl_ptest *t)
+{
+	struct timeval tv = { 60, 0 };
+
+	if (!t->done)
+		event_base_loopexit(t->base, &tv);
+	if (!t->done)
+		event_base_dispatch(t->base);
+}
+
 /* --message FILE as smtpd would store it (LF line ends) in an unlinked
  * temporary file that the end-of-DATA phase may rewrite: its fd, or -1. */
 static int ctl_ptest_message(const char *path, uint64_t *len_r)
@@ -243,7 +255,7 @@ int ctl_policy_test(struct ctl *c, int argc, char **argv)
 	struct store_domain d;
 	char servers[4096] = "", reply[512], route[1024] = "", *err = NULL, sender[320];
 	const struct filter_step *steps;
-	int nsteps, data = 0;
+	int nsteps, data = 0, refused_at_connect = 0;
 	char top[8192] = "";
 
 	if (argc < 1 || strcmp(argv[0], "test") != 0)
@@ -292,16 +304,25 @@ int ctl_policy_test(struct ctl *c, int argc, char **argv)
 	env.dns_servers = servers;
 	env.dry_run = 1;
 	fs = filter_sess_new(&env, (struct sockaddr *)&ss, ip, trusted);
-	filter_helo(fs, helo ? helo : "");
-	filter_mail(fs, sender);
-	filter_rcpt(fs, to, d.filter[0] ? d.filter : NULL, ctl_ptest_cb, &t);
-	/* bounded: every check has a deadline of its own; this is the last word */
-	{
-		struct timeval tv = { 60, 0 };
-		if (!t.done)
-			event_base_loopexit(t.base, &tv);
-		if (!t.done)
-			event_base_dispatch(t.base);
+	if (filter_connect_wanted(fs)) {
+		/* the connection is decided before the greeting, as smtpd does */
+		filter_connect(fs, ctl_ptest_cb, &t);
+		ctl_ptest_wait(&t);
+		if (t.done && (t.v == FILTER_REJECT || t.v == FILTER_TEMPFAIL)) {
+			if (t.v == FILTER_TEMPFAIL && strlen(t.reply) > 10) {
+				char r[sizeof(t.reply)];
+				(void)util_fmt(r, sizeof(r), "421 4.7.1 %s", t.reply + 10);
+				(void)util_fmt(t.reply, sizeof(t.reply), "%s", r);
+			}
+			refused_at_connect = 1;
+		}
+	}
+	if (!refused_at_connect) {
+		t.done = 0;
+		filter_helo(fs, helo ? helo : "");
+		filter_mail(fs, sender);
+		filter_rcpt(fs, to, d.filter[0] ? d.filter : NULL, ctl_ptest_cb, &t);
+		ctl_ptest_wait(&t);
 	}
 	if (message != NULL && t.done && (t.v == FILTER_ACCEPT || t.v == FILTER_TAG ||
 	    t.v == FILTER_QUARANTINE)) {

@@ -42,12 +42,14 @@ static int ctl_trace_reason_check(const char *reason, char *out, size_t cap, con
 	return 1;
 }
 
-/* The phase a check runs in (src/filter/: each check's .phase); the
- * pipeline decides them all at RCPT, so an unknown one is "rcpt". */
+/* The phase a check runs in (src/filter/: each check's .phase, dkim and
+ * dmarc at the end of DATA); the pipeline decides the others at RCPT, so an
+ * unknown one is "rcpt". */
 static const char *ctl_trace_check_phase(const char *check)
 {
 	static const char *const names[][2] = { { "dnsbl", "connect" }, { "rdns", "connect" },
-		{ "fcrdns", "connect" }, { "helo", "helo" }, { "spf", "mail" } };
+		{ "fcrdns", "connect" }, { "helo", "helo" }, { "spf", "mail" }, { "dkim", "data" },
+		{ "dmarc", "data" } };
 
 	for (size_t i = 0; i < sizeof(names) / sizeof(names[0]); i++)
 		if (strcmp(check, names[i][0]) == 0)

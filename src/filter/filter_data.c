@@ -4,7 +4,8 @@
  * DKIM signature, evaluates DMARC with the SPF result of the MAIL phase
  * ("none" when no policy ran spf at RCPT), and rewrites the file in
  * place with one Authentication-Results field (RFC 8601) on top and without
- * any Authentication-Results field that came from outside naming our host;
+ * any Authentication-Results field that came from outside naming our host
+ * or any X-Spam-* field (the verdict fields are ours alone);
  * for outbound mail it signs with the sender domain's key and puts the
  * DKIM-Signature on top. Back on the loop thread, the checks dkim and dmarc
  * of every policy under which a recipient was accepted turn the results
@@ -150,8 +151,9 @@ static enum dns_status fdata_txt(void *arg, const char *name, struct dns_txt_set
 	return dns_sync_txt(arg, name, txt, &err);
 }
 
-/* Writes top, then buf without the forged Authentication-Results fields
- * (inbound) and with the Subject prefixed (tagged), at offset 0. */
+/* Writes top, then buf without the forged Authentication-Results fields and
+ * without any X-Spam-* field (inbound), with the Subject prefixed (tagged),
+ * at offset 0. */
 static int fdata_rewrite(struct fdata_job *j, const char *top, const char *buf)
 {
 	struct header_field f;
@@ -165,9 +167,12 @@ static int fdata_rewrite(struct fdata_job *j, const char *top, const char *buf)
 	while (!j->sign && fields++ < 100000 && header_field_next(buf, j->len, &pos, &f)) {
 		size_t cut = f.off + f.len;      /* what of buf is written up to here */
 		const char *ins = NULL;
-		if (header_field_is(buf, &f, "Authentication-Results") &&
-		    fdata_ar_ours(buf + f.body, f.off + f.len - f.body, j->hostname)) {
-			cut = f.off;                  /* a field from outside in our name: left out */
+		if ((header_field_is(buf, &f, "Authentication-Results") &&
+		    fdata_ar_ours(buf + f.body, f.off + f.len - f.body, j->hostname)) ||
+		    (f.name_len > 7 && strncasecmp(buf + f.off, "X-Spam-", 7) == 0)) {
+			/* a field from outside in our name, or one of the spam verdict
+			 * fields only we write: left out */
+			cut = f.off;
 		} else if (j->tagged && header_field_is(buf, &f, "Subject")) {
 			cut = f.body + (f.body < f.off + f.len && buf[f.body] == ' ');
 			if (f.off + f.len - cut >= pl && strncmp(buf + cut, FDATA_TAG, pl) == 0)

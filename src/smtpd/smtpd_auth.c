@@ -128,6 +128,7 @@ static void smtpd_authjob_done(void *arg, int cancelled)
 		case AUTH_FAIL: {
 			struct store_log_row row = { 0 };
 			s->auth_fails++;
+			row.session = s->sid[0] ? s->sid : NULL;
 			row.client = s->ip;
 			row.rcpt = j->user;
 			row.action = "auth-failed";

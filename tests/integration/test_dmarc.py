@@ -184,10 +184,14 @@ def test_forged_results_in_our_name_are_removed(node, keys):
     forged = (b"Authentication-Results: mx.kale.test; dkim=pass header.d=signer.test\r\n"
               b"Authentication-Results: (comment) MX.KALE.TEST;\r\n dmarc=pass\r\n"
               b"Authentication-Results: other.test; spf=pass\r\n")
+    forged += b"X-Spam-Flag: NO\r\nx-spam-score: -100\r\nX-Spamd-Bar: kept\r\n"
     msg = forged + message("alice@nodmarc.test")
     smtp_expect(send(node, msg), 250)
     got = delivered(node)
     assert got.count(b"Authentication-Results:") == 2, got[:600]
+    # the spam verdict fields are ours alone: any from outside is removed
+    assert b"X-Spam-Flag" not in got and b"x-spam-score" not in got, got[:600]
+    assert b"X-Spamd-Bar: kept" in got
     assert b"Authentication-Results: other.test; spf=pass" in got
     assert "dkim=none" in ar_of(got)
 
@@ -423,3 +427,19 @@ def test_allow_list_skips_the_end_of_data_checks(node):
         assert not top(m).startswith(b"Authentication-Results:"), m[:200]
     p = node.ctl("list", "add", "allow", "sender", "x@remote.test", "--skip", "nosuch", check=False)
     assert p.returncode == 2 and "nosuch" in p.stderr, p
+
+
+def test_trace_shows_the_end_of_data(node):
+    r = send(node, message("alice@mon.test", subject="traced"))
+    smtp_expect(r, 250)
+    qid = r.text.split()[-1]
+    steps = []
+    for _ in range(50):
+        p = node.ctl("trace", qid, "--json", check=False)
+        if p.returncode == 0:
+            steps = json.loads(p.stdout)["steps"]
+            if any(s["check"] == "dmarc" for s in steps):
+                break
+        time.sleep(0.1)
+    d = [s for s in steps if s["check"] == "dmarc"]
+    assert d and d[0]["phase"] == "data" and "p=none" in d[0]["reason"], steps

@@ -386,6 +386,12 @@ def test_dnsbl_at_connect(node):
     assert "bl.test" in g.text, g
     smtp_expect(r, 503)
     smtp_expect(q, 221)
+    # the dry run decides the connection first too, with the same reply
+    p = node.ctl("policy", "test", "--ip", "127.0.0.1", "--from", "s@remote.test", "--to",
+                 "alice@example.test", "--json")
+    out = json.loads(p.stdout)
+    assert out["verdict"] == "reject" and out["reply"] == "554 " + g.lines[-1], (out, g)
+    assert [s["phase"] for s in out["steps"] if s["check"] == "dnsbl"] == ["connect"], out
     rows = [x for x in log_rows(node) if x["action"] == "rejected" and "dnsbl" in x["reason"]]
     assert rows and not rows[0].get("rcpt"), rows
     # the client allow list is asked at connect too
