@@ -142,6 +142,11 @@ class Sink(threading.Thread):
                     tx = None
                     send(b"250 2.0.0 ok")
                 elif v == b"QUIT":
+                    # no longer active once QUIT is in: the client may open
+                    # its next connection as soon as it reads the 221
+                    with self.lock:
+                        self.active -= 1
+                    st["counted"] = False
                     send(b"221 2.0.0 bye")
                     return
                 else:
@@ -149,8 +154,9 @@ class Sink(threading.Thread):
         except (OSError, EOFError, ssl.SSLError):
             pass
         finally:
-            with self.lock:
-                self.active -= 1
+            if st.get("counted", True):
+                with self.lock:
+                    self.active -= 1
             try:
                 st["sock"].close()
             except OSError:
