@@ -211,6 +211,8 @@ void filter_mail(struct filter_sess *fs, const char *sender)
 	fs->spf[0] = fs->spf_from[0] = fs->dmarc[0] = '\0';
 	fs->n_dpol = 0;
 	fs->rcpt_tag = 0;
+	fs->rcpt_score = 0;
+	fs->scored = 0;
 	for (int i = 0; i < FILTER_N; i++)
 		if (filter_checks[i]->mail_reset != NULL)
 			filter_checks[i]->mail_reset(fs, &fs->data[i]);
@@ -293,6 +295,11 @@ static void filter_finish(struct filter_sess *fs, enum filter_verdict v, const c
 		}
 		if ((v == FILTER_TAG || v == FILTER_QUARANTINE) && !fs->outbound)
 			fs->rcpt_tag = 1;
+		if (fs->score != 0 && !fs->outbound) {
+			if (!fs->scored || fs->score > fs->rcpt_score)
+				fs->rcpt_score = fs->score;
+			fs->scored = 1;
+		}
 	}
 	filter_pol_unref(&fs->pol);
 	if (cb != NULL)

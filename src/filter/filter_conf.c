@@ -43,7 +43,7 @@ static const struct filter_opt filter_opt_greylist[] = {
 	{ "auto-allow", OPT_INT, 0, 1000, NULL },
 	{ NULL, 0, 0, 0, NULL }
 };
-#define FILTER_ACTION_WORDS "reject|tempfail|quarantine|tag|log|off"
+#define FILTER_ACTION_WORDS "reject|tempfail|quarantine|tag|score|log|off"
 static const struct filter_opt filter_opt_spf[] = {
 	{ "fail", OPT_WORD, 0, 0, FILTER_ACTION_WORDS },
 	{ "softfail", OPT_WORD, 0, 0, FILTER_ACTION_WORDS },
@@ -390,7 +390,7 @@ void filter_conf_set_action(const char *check, enum filter_action a, json_t *opt
 {
 	const struct filter_reg *r = filter_reg_get(check);
 
-	if (r == NULL || a == FILTER_ACT_OFF || a == FILTER_ACT_SCORE)
+	if (r == NULL || a == FILTER_ACT_OFF)
 		return;
 	for (int i = 0; r->opt[i].key != NULL; i++)
 		if (r->opt[i].type == OPT_WORD && strcmp(r->opt[i].words, FILTER_ACTION_WORDS) == 0)

@@ -48,6 +48,10 @@ struct fdata_job {
 	int n_pols;
 	int pol_error;            /* one could not be read: 451 */
 	int rcpt_tag;             /* a recipient was tagged or quarantined at RCPT */
+	double rcpt_score;        /* the RCPT phase's spam score (the highest) */
+	int scored;               /* the RCPT phase computed one */
+	double msg_score;         /* the message's score, for X-Spam-Score */
+	int msg_scored;           /* one was computed: the field is added */
 	int tagged;               /* X-Spam-Flag added, Subject prefixed */
 	/* results */
 	struct kdkim_result dk[KDKIM_MAX_SIGS];
@@ -62,6 +66,8 @@ struct fdata_verdict {
 	char reply[400];
 	char check[16];
 	char reason[300];
+	double score;             /* the message's spam score (the highest of the policies) */
+	int scored;               /* a score action added to it */
 };
 
 static void fdata_verdict_of(struct filter_sess *fs, const struct fdata_job *j,
@@ -278,10 +284,16 @@ static void fdata_work(void *arg)
 			struct fdata_verdict best;
 			fdata_verdict_of(NULL, j, &best);
 			j->tagged = j->rcpt_tag || best.v == FILTER_TAG || best.v == FILTER_QUARANTINE;
+			j->msg_scored = best.scored;
+			j->msg_score = best.score;
 		}
 		top = xmalloc(FDATA_AR_MAX + 64);
 		fdata_ar_build(j, spf_id, j->sender[0] ? "smtp.mailfrom" : "smtp.helo", top,
 		    FDATA_AR_MAX);
+		if (j->msg_scored) {
+			size_t n = strlen(top);
+			(void)util_fmt(top + n, FDATA_AR_MAX + 64 - n, "X-Spam-Score: %.1f\n", j->msg_score);
+		}
 		if (j->tagged) {
 			/* until the quarantine exists (issue 14), quarantine tags too */
 			size_t n = strlen(top);
@@ -443,6 +455,13 @@ static void fdata_decide_policy(struct filter_sess *fs, const struct fdata_job *
 		else if (strcmp(r, "temperror") == 0)
 			fdata_error(fs, best, cc, why);
 	}
+	/* the message's score: the RCPT phase's and these checks' */
+	if (score != 0 || j->scored) {
+		score += j->rcpt_score;
+		if (!best->scored || score > best->score)
+			best->score = score;
+		best->scored = 1;
+	}
 	filter_conf_scores(p, &tag, &quar, &rej);
 	(void)util_fmt(why, sizeof(why), "score %.1f", score);
 	if (score > 0 && score >= rej)
@@ -522,7 +541,7 @@ static void fdata_done(void *arg, int cancelled)
 
 int filter_data_wanted(struct filter_sess *fs)
 {
-	int want = fs->rcpt_tag;
+	int want = fs->rcpt_tag || fs->scored;
 
 	for (int i = 0; i < fs->n_dpol && !want; i++) {
 		char *err = NULL;
@@ -563,6 +582,8 @@ void filter_data(struct filter_sess *fs, int fd, uint64_t len, const struct stor
 	(void)util_fmt(j->sender, sizeof(j->sender), "%s", fs->sender);
 	(void)util_fmt(j->spf, sizeof(j->spf), "%s", fs->spf);
 	j->rcpt_tag = fs->rcpt_tag;
+	j->rcpt_score = fs->rcpt_score;
+	j->scored = fs->scored;
 	for (int i = 0; !j->sign && i < fs->n_dpol && j->n_pols < 8; i++) {
 		char *err = NULL;
 		j->pskip[j->n_pols] = fs->dskip[i];

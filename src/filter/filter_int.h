@@ -81,6 +81,8 @@ struct filter_sess {
 	unsigned dskip[8];        /* the skip bits every such recipient of dpol[i] had */
 	int n_dpol;
 	int rcpt_tag;             /* a recipient was tagged or quarantined at RCPT */
+	double rcpt_score;        /* the highest spam score of an accepted recipient */
+	int scored;               /* a score action added to it */
 	filter_data_cb *dcb;
 	void *dcb_arg;
 };

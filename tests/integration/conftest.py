@@ -17,12 +17,42 @@ def bin_path(name):
     return os.path.join(BUILD, name)
 
 
+def _port_range():
+    """Ports below the kernel's ephemeral range: a port that bind(0) handed
+    out and that was closed again can be taken by any outgoing connection
+    (a DNS query, a relay, kalectl) before the daemon it was meant for binds
+    it, which made "Address already in use" flakes; no connect() ever picks
+    a port outside that range."""
+    try:
+        with open("/proc/sys/net/ipv4/ip_local_port_range") as f:
+            low, high = (int(x) for x in f.read().split()[:2])
+    except (OSError, ValueError):
+        low, high = 32768, 60999
+    if low - 1024 >= 8000:
+        return max(1024, low - 12000), low
+    return high + 1, 65536
+
+
+_PORTS = _port_range()
+_next_port = [_PORTS[0] + (os.getpid() * 7919) % (_PORTS[1] - _PORTS[0])]
+
+
 def free_port():
-    s = socket.socket()
-    s.bind(("127.0.0.1", 0))
-    port = s.getsockname()[1]
-    s.close()
-    return port
+    """A loopback TCP port nobody uses now, outside the ephemeral range, and
+    not handed out before by this test run (bounded: one pass over the range)."""
+    lo, hi = _PORTS
+    for _ in range(hi - lo):
+        port = _next_port[0]
+        _next_port[0] = lo + (port + 1 - lo) % (hi - lo)
+        s = socket.socket()
+        try:
+            s.bind(("127.0.0.1", port))
+        except OSError:
+            continue
+        finally:
+            s.close()
+        return port
+    raise AssertionError("no free port in %d-%d" % (lo, hi))
 
 
 _quiet_dns = None

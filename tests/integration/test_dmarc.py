@@ -443,3 +443,19 @@ def test_trace_shows_the_end_of_data(node):
         time.sleep(0.1)
     d = [s for s in steps if s["check"] == "dmarc"]
     assert d and d[0]["phase"] == "data" and "p=none" in d[0]["reason"], steps
+
+
+def test_spam_score_field(node):
+    """A score action at RCPT (helo) and one at the end of DATA (dmarc)
+    add up into X-Spam-Score:, and the policy's thresholds see the sum."""
+    node.ctl("filter", "set", "helo", "--action", "score", "--score", "2.5")
+    node.ctl("filter", "set", "dmarc", "--action", "score", "--score", "1.5")
+    node.ctl("filter", "set", "score", "--tag", "3.5", "--quarantine", "100", "--reject", "100")
+    time.sleep(2.2)
+    smtp_expect(send(node, message("alice@nodmarc.test", subject="one")), 250)   # helo only
+    head = top(delivered(node, 1)).split(b"\n\n", 1)[0]
+    assert b"\nX-Spam-Score: 2.5\n" in head and b"X-Spam-Flag" not in head, head
+    smtp_expect(send(node, message("alice@signer.test", subject="two")), 250)   # both: 4.0
+    head = top(delivered(node, 2)).split(b"\n\n", 1)[0]
+    assert b"\nX-Spam-Score: 4.0\n" in head and b"X-Spam-Flag: YES" in head, head
+    assert b"[SPAM] two" in head, head
