@@ -3,7 +3,7 @@
 # test ("test"). Only missing packages are installed; needs root for that.
 set -e
 BUILD="build-essential cmake pkg-config libssl-dev libevent-dev libsqlite3-dev libcrypt-dev libjansson-dev libcmocka-dev libc-ares-dev openssl libmariadb-dev libpq-dev libldap2-dev libspf2-dev libopendkim-dev libopendmarc-dev publicsuffix"
-TEST="python3 python3-pytest python3-spf python3-dkim clang postfix swaks mariadb-server postgresql slapd ldap-utils dovecot-imapd dovecot-pop3d"
+TEST="python3 python3-pytest python3-spf python3-yaml python3-dkim clang postfix swaks mariadb-server postgresql slapd ldap-utils dovecot-imapd dovecot-pop3d"
 want="$BUILD"
 [ "${1:-build}" = test ] && want="$BUILD $TEST"
 # `make run`: the build, plus what the README's tour uses.

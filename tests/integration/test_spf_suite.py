@@ -26,7 +26,7 @@ from dnsserver import DnsServer
 
 SUITE = "/usr/share/doc/python3-spf/rfc7208-tests.yml.gz"
 
-yaml = pytest.importorskip("yaml", reason="python3-yaml (a dependency of python3-spf) is missing")
+yaml = pytest.importorskip("yaml", reason="python3-yaml (scripts/deps.sh test installs it) is missing")
 if not os.path.exists(SUITE):
     pytest.skip("the RFC 7208 test suite of python3-spf is missing: " + SUITE,
                 allow_module_level=True)
