@@ -50,7 +50,7 @@ int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **erro
 	struct sockaddr_un sun;
 	struct timeval tv = { .tv_sec = CTL_TIMEOUT_SEC };
 	char *buf = NULL, *line;
-	size_t len = 0, cap = 4096, cmdlen = strlen(cmd);
+	size_t len = 0, cmdlen = strlen(cmd);
 	int fd = -1, rc = -2, pre = 0;
 
 	if (reply_r != NULL)
@@ -92,31 +92,12 @@ int ctl_call(const char *sock_path, const char *cmd, char **reply_r, char **erro
 		goto out;
 	}
 	shutdown(fd, SHUT_WR);
-	buf = xmalloc(cap + 1);
-	for (;;) {
-		ssize_t n;
-		if (len == cap) {
-			if (cap >= CTL_REPLY_MAX) {
-				ctl_set(error_r, "reply too long", 14);
-				goto out;
-			}
-			cap *= 2;
-			buf = xrealloc(buf, cap + 1);
-		}
-		n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
-			const char *e = errno == EAGAIN || errno == EWOULDBLOCK ?
-			    "daemon did not answer in time" : strerror(errno);
-			ctl_set(error_r, e, strlen(e));
-			goto out;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
+	if (fs_read_to_end(fd, CTL_REPLY_MAX, &buf, &len) < 0) {
+		const char *e = errno == E2BIG ? "reply too long" : errno == EAGAIN ||
+		    errno == EWOULDBLOCK ? "daemon did not answer in time" : strerror(errno);
+		ctl_set(error_r, e, strlen(e));
+		goto out;
 	}
-	buf[len] = '\0';
 	if (memchr(buf, '\0', len) != NULL) {
 		ctl_set(error_r, "malformed reply", 15);
 		goto out;

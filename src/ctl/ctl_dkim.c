@@ -29,49 +29,21 @@
 static char *ctl_dkim_read(const char *path, size_t *len_r)
 {
 	int fd = strcmp(path, "-") == 0 ? STDIN_FILENO : open(path, O_RDONLY | O_CLOEXEC);
-	size_t len = 0, cap = 65536;
-	char *buf;
+	char *buf = NULL;
 
 	if (fd < 0) {
 		ctl_fail("cannot open %s: %s", path, strerror(errno));
 		return NULL;
 	}
-	buf = xmalloc(cap + 1);
-	for (;;) {
-		ssize_t n;
-		if (len == cap) {
-			if (cap > KDKIM_MSG_MAX) {
-				ctl_fail("%s: larger than %u bytes", path, KDKIM_MSG_MAX);
-				goto fail;
-			}
-			cap *= 2;
-			buf = xrealloc(buf, cap + 1);
-		}
-		n = read(fd, buf + len, cap - len);
-		if (n < 0 && errno == EINTR)
-			continue;
-		if (n < 0) {
+	if (fs_read_to_end(fd, KDKIM_MSG_MAX, &buf, len_r) < 0) {
+		if (errno == E2BIG)
+			ctl_fail("%s: larger than %u bytes", path, KDKIM_MSG_MAX);
+		else
 			ctl_fail("cannot read %s: %s", path, strerror(errno));
-			goto fail;
-		}
-		if (n == 0)
-			break;
-		len += (size_t)n;
-	}
-	if (len > KDKIM_MSG_MAX) {
-		ctl_fail("%s: larger than %u bytes", path, KDKIM_MSG_MAX);
-		goto fail;
 	}
 	if (fd != STDIN_FILENO)
 		close(fd);
-	buf[len] = '\0';
-	*len_r = len;
 	return buf;
-fail:
-	if (fd != STDIN_FILENO)
-		close(fd);
-	free(buf);
-	return NULL;
 }
 
 /* ---- keygen ---- */

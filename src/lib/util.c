@@ -290,3 +290,44 @@ int fs_pread_all(int fd, void *buf, size_t n, off_t off)
 	}
 	return 0;
 }
+
+int fs_read_to_end(int fd, size_t max, char **buf_r, size_t *len_r)
+{
+	size_t len = 0, cap = 65536;
+	char *buf = xmalloc(cap + 1);
+
+	*buf_r = NULL;
+	for (;;) {
+		ssize_t n;
+		if (len == cap) {
+			if (cap > max) {
+				free(buf);
+				errno = E2BIG;
+				return -1;
+			}
+			cap *= 2;
+			buf = xrealloc(buf, cap + 1);
+		}
+		n = read(fd, buf + len, cap - len);
+		if (n < 0 && errno == EINTR)
+			continue;
+		if (n < 0) {
+			int e = errno;
+			free(buf);
+			errno = e;
+			return -1;
+		}
+		if (n == 0)
+			break;
+		len += (size_t)n;
+	}
+	if (len > max) {
+		free(buf);
+		errno = E2BIG;
+		return -1;
+	}
+	buf[len] = '\0';
+	*buf_r = buf;
+	*len_r = len;
+	return 0;
+}

@@ -53,5 +53,8 @@ int fs_pwrite_all(int fd, const void *buf, size_t n, off_t off);
 int fs_write_all(int fd, const void *buf, size_t n);
 /* pread n bytes at off; a short file is -1 with errno EIO. 0 or -1. */
 int fs_pread_all(int fd, void *buf, size_t n, off_t off);
+/* Reads fd to its end into *buf_r (malloc'd, NUL-terminated; *len_r bytes),
+ * at most max bytes. 0, or -1 with errno (E2BIG past max) and *buf_r NULL. */
+int fs_read_to_end(int fd, size_t max, char **buf_r, size_t *len_r);
 
 #endif
